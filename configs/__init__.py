@@ -1,0 +1,1 @@
+"""Presets and model configurations shipped with mixdq (installed as ``quant.configs``)."""

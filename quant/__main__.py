@@ -1,0 +1,3 @@
+from quant.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The ``mixdq`` command. Each subcommand lives in its own module with ``register`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+from ..errors import MixDQError
+
+SUBCOMMANDS = ["calibrate", "sensitivity", "allocate", "quantize", "generate", "benchmark", "run"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mixdq", description="Mixed-precision post-training quantization for few-step "
+        "text-to-image diffusion models (MixDQ).")
+    parser.add_argument("--version", action="version", version=f"mixdq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        p = module.register(sub)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mixdq`` console command. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _quiet_libraries()
+        return int(args.func(args) or 0)
+    except MixDQError as e:
+        print(f"mixdq {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mixdq {args.command}: interrupted (finished work is kept; rerun to resume)",
+              file=sys.stderr)
+        return 130

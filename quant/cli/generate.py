@@ -1,0 +1,36 @@
+"""`mixdq generate`: one image from a prompt, full precision or quantized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import MixDQError
+from .common import add_model_args, positive_int
+
+
+def register(sub):
+    p = sub.add_parser("generate", help="generate an image from a prompt")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--steps", type=positive_int, default=1)
+    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image side in pixels (default: the model's native size)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True, help="output image file (.png)")
+    return p
+
+
+def run(args) -> int:
+    from ..generate import generate
+    from ..models import load_fp_pipeline
+    from ..utils.io import save_image
+
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise MixDQError(f"--out {args.out}: use a .png, .jpg or .webp file name")
+    pipe = load_fp_pipeline(args.model, args.device, args.dtype)
+    image = generate(pipe, [args.prompt], steps=args.steps, guidance=args.guidance,
+                     resolution=args.resolution, seed=args.seed)[0]
+    save_image(image, args.out)
+    print(f"wrote {args.out} ({image.size[0]}x{image.size[1]})")
+    return 0

@@ -1,0 +1,99 @@
+"""One loader for every stage: Hub id, local diffusers folder, or ``tiny``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from ..errors import MixDQError
+from ..precision import PrecisionGuard, default_device, resolve_dtype
+
+DEFAULT_MODEL = "stabilityai/sdxl-turbo"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_model(model: str) -> str:
+    """Return what ``from_pretrained`` should load: a local folder path or a cached Hub id.
+
+    Raises:
+        MixDQError: a folder that is not a diffusers pipeline, or a Hub id that is neither cached
+            nor downloadable (decided within a few seconds, not after long retries).
+    """
+    if model == "tiny":
+        from .tiny import tiny_path
+
+        return str(tiny_path())
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        if not (path / "model_index.json").is_file():
+            raise MixDQError(f"--model {model}: not a diffusers pipeline folder "
+                             f"(no model_index.json)")
+        return str(path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, local_files_only=True,
+                                 allow_patterns=["model_index.json"]) and model
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise MixDQError(
+            f"--model {model}: not in the local Hugging Face cache and the Hub is unreachable; "
+            f"download it where there is network (`hf download {model}`) and copy the cache, "
+            f"or pass --model /path/to/a/diffusers/folder")
+    return model
+
+
+def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | None = None,
+                     dtype: str | torch.dtype | None = None, guard: bool = True):
+    """Load a full-precision SDXL-style pipeline under the precision policy.
+
+    Args:
+        model: Hub id (default SDXL-Turbo), local diffusers folder, or ``"tiny"``.
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
+        dtype: compute dtype request; see :func:`quant.precision.resolve_dtype`.
+        guard: attach a :class:`PrecisionGuard` (input casting, NaN checks) as
+            ``pipe.mixdq_guard``.
+
+    Returns:
+        A ``diffusers.StableDiffusionXLPipeline`` on ``device`` with the progress bar disabled.
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(device, dtype)
+    source = resolve_model(model)
+    local_only = Path(source).exists() or not _hub_reachable(timeout=1.0)
+    kwargs = dict(dtype=dtype, local_files_only=local_only)
+    try:
+        if dtype == torch.float16 and not Path(source).exists():
+            try:
+                pipe = StableDiffusionXLPipeline.from_pretrained(source, variant="fp16", **kwargs)
+            except (OSError, ValueError):
+                pipe = StableDiffusionXLPipeline.from_pretrained(source, **kwargs)
+        else:
+            pipe = StableDiffusionXLPipeline.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise MixDQError(f"--model {model}: could not load the pipeline: "
+                         f"{str(e).splitlines()[0]}") from e
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if guard:
+        pipe.mixdq_guard = PrecisionGuard(pipe)
+    return pipe
