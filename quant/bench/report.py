@@ -14,8 +14,8 @@ FORMAT = "mixdq-benchmark"
 
 # (column title, key in a variant's "metrics", format)
 COLUMNS = [
-    ("FID vs FP", "fid_vs_fp", "{:.2f}"),
-    ("FID vs real", "fid_vs_real", "{:.2f}"),
+    ("FID vs FP", "fid_vs_fp", "{:.4g}"),
+    ("FID vs real", "fid_vs_real", "{:.4g}"),
     ("CLIPScore", "clip_score", "{:.2f}"),
     ("ImageReward", "image_reward", "{:.3f}"),
     ("PSNR vs FP (dB)", "psnr_vs_fp", "{:.2f}"),

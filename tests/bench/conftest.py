@@ -1,0 +1,105 @@
+"""Fixtures for the benchmark tests: small local metric networks and a weight-rounded variant."""
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+
+class SmallExtractor(nn.Module):
+    """A deterministic stand-in for Inception: fixed random conv features, average-pooled.
+
+    Takes uint8 ``[N, 3, H, W]`` like the real one and returns ``[N, 16]``.
+    """
+
+    num_features = 16
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, 16, 5, stride=2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.2)
+            self.conv.bias.copy_(torch.randn(16, generator=g) * 0.1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 127.5 - 1.0
+        return torch.tanh(self.conv(x)).mean((2, 3))
+
+
+@pytest.fixture
+def extractor():
+    return SmallExtractor().eval()
+
+
+@pytest.fixture(scope="session")
+def coco_prompts(shared_data):
+    """The first caption of the first images of the real COCO val2017 file."""
+    with open(os.path.join(shared_data, "coco_captions_val2017.json"), encoding="utf-8") as f:
+        data = json.load(f)
+    seen, prompts = set(), []
+    for a in data["annotations"]:
+        if a["image_id"] not in seen:
+            seen.add(a["image_id"])
+            prompts.append(a["caption"].strip())
+        if len(prompts) == 16:
+            break
+    return prompts
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(shared_data, tmp_path_factory):
+    """A tiny random CLIPModel + CLIPProcessor (real CLIP tokenizer) saved as a local folder."""
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    try:  # transformers 5: the PIL backend, which needs no torchvision
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(shared_data, "clip_tokenizer"),
+                                              model_max_length=77)
+    image_processor = ImageProcessor(size={"shortest_edge": 32},
+                                            crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    torch.manual_seed(0)
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, projection_dim=16)
+    config = CLIPConfig(text_config=dict(vocab_size=49408, max_position_embeddings=77, **common),
+                        vision_config=dict(image_size=32, patch_size=8, **common),
+                        projection_dim=16)
+    path = tmp_path_factory.mktemp("clip")
+    CLIPModel(config).eval().save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def round_weights(unet: nn.Module, bits: int = 4) -> None:
+    """Round every Linear/Conv2d weight to ``bits`` per output channel (DESIGN.md convention),
+    in place: a weight-only quantized UNet in simulation, to give the benchmark a variant
+    whose images really differ from full precision."""
+    n = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        for m in unet.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                w = m.weight.reshape(m.weight.shape[0], -1)
+                scale = w.abs().amax(1, keepdim=True) / n
+                scale[scale == 0] = 1
+                q = torch.clamp(torch.round(w / scale), -n - 1, n)
+                m.weight.copy_((q * scale).reshape(m.weight.shape))
+
+
+@pytest.fixture
+def w4_variant(tiny_dir):
+    """The tiny pipeline with 4-bit rounded UNet weights, as a benchmark variant."""
+    from quant.bench import Variant
+    from quant.models import load_fp_pipeline
+
+    def load():
+        pipe = load_fp_pipeline(str(tiny_dir), device="cpu")
+        round_weights(pipe.unet, 4)
+        return pipe
+
+    return Variant("w4", load, source={"model": str(tiny_dir), "weights": "rounded to 4 bits"})
