@@ -66,29 +66,9 @@ def image_path(folder: str | Path, index: int) -> Path:
     return Path(folder) / f"{index:05d}.png"
 
 
-def read_prompts_file(source: str | Path, num_prompts: int | None = None) -> list[str]:
-    """Prompts from a text file, one per line (blank lines skipped).
-
-    Args:
-        source: path of the text file.
-        num_prompts: keep the first ``num_prompts``; an error if the file has fewer.
-
-    Returns:
-        The prompts, in file order.
-    """
-    path = Path(source)
-    if not path.is_file():
-        raise MixDQError(f"--prompts {source}: no such file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise MixDQError(f"--prompts {source}: not a UTF-8 text file") from None
-    return select_prompts([line.strip() for line in lines if line.strip()], num_prompts,
-                          f"--prompts {source}")
-
-
 def select_prompts(prompts: list[str], num_prompts: int | None, what: str = "prompts") -> list[str]:
-    """Check a prompt list and keep its first ``num_prompts``."""
+    """Check an inline prompt list and keep its first ``num_prompts`` (files and datasets are
+    read by :func:`quant.calib.prompts.read_prompts`)."""
     if not prompts:
         raise MixDQError(f"{what}: no prompts")
     if any(not isinstance(p, str) or not p.strip() for p in prompts):

@@ -17,11 +17,14 @@ def register(sub):
     p.add_argument("--quantized", action="append", default=[], metavar="QUANT_DIR",
                    help="a folder written by `mixdq quantize` (repeat for several)")
     p.add_argument("--prompts", metavar="SOURCE",
-                   help="prompt source: a text file with one prompt per line")
+                   help="COCO caption .json, .csv/.tsv with a text column (e.g. COCO-30k), "
+                        ".txt (one per line), hf:NAME[:SPLIT], or a folder saved with datasets")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="an inline prompt (repeatable), instead of --prompts")
     p.add_argument("--num-prompts", type=positive_int, default=None,
                    help="use the first N prompts (default: all)")
+    p.add_argument("--column", default="text", help="text column of a CSV/TSV or dataset")
+    p.add_argument("--split", default=None, help="dataset split (default train)")
     p.add_argument("--real-images", metavar="DIR", help="real images for FID vs real")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     g = p.add_argument_group("generation")
@@ -51,7 +54,8 @@ def register(sub):
 
 
 def _prompts(args) -> tuple[list[str], str]:
-    from ..bench.generation import read_prompts_file, select_prompts
+    from ..bench.generation import select_prompts
+    from ..calib.prompts import read_prompts
     from ..errors import MixDQError
 
     if args.prompts and args.prompt:
@@ -60,7 +64,9 @@ def _prompts(args) -> tuple[list[str], str]:
         return select_prompts(args.prompt, args.num_prompts, "--prompt"), "--prompt"
     if not args.prompts:
         raise MixDQError("no prompts: pass --prompts SOURCE or --prompt TEXT")
-    return read_prompts_file(args.prompts, args.num_prompts), args.prompts
+    prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,
+                              split=args.split)
+    return prompt_set.prompts, prompt_set.summary()
 
 
 def run(args) -> int:

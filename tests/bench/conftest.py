@@ -1,6 +1,5 @@
 """Fixtures for the benchmark tests: small local metric networks and a weight-rounded variant."""
 
-import json
 import os
 
 import pytest
@@ -36,17 +35,10 @@ def extractor():
 
 @pytest.fixture(scope="session")
 def coco_prompts(shared_data):
-    """The first caption of the first images of the real COCO val2017 file."""
-    with open(os.path.join(shared_data, "coco_captions_val2017.json"), encoding="utf-8") as f:
-        data = json.load(f)
-    seen, prompts = set(), []
-    for a in data["annotations"]:
-        if a["image_id"] not in seen:
-            seen.add(a["image_id"])
-            prompts.append(a["caption"].strip())
-        if len(prompts) == 16:
-            break
-    return prompts
+    """The first 16 prompts of the real COCO val2017 captions, as the prompt loader reads them."""
+    from quant.calib.prompts import load_prompts
+
+    return load_prompts(os.path.join(shared_data, "coco_captions_val2017.json"), num_prompts=16)
 
 
 @pytest.fixture(scope="session")

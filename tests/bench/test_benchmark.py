@@ -130,24 +130,30 @@ def test_single_prompt_reports_why_fid_is_missing(tiny_dir, w4_variant, extracto
     assert isinstance(report["variants"][1]["metrics"]["ssim_vs_fp"], float)
 
 
-def test_cli_benchmark_without_metric_networks(tiny_dir, coco_prompts, tmp_path, capsys):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(coco_prompts[:3]) + "\n")
+def test_cli_benchmark_without_metric_networks(tiny_dir, shared_data, coco_prompts, tmp_path,
+                                               capsys):
+    import os
+
+    coco = os.path.join(shared_data, "coco_captions_val2017.json")
     out = tmp_path / "report"
-    assert main(["benchmark", "--model", str(tiny_dir), "--device", "cpu", "--prompts",
-                 str(prompts), "--num-prompts", "2", "--no-fid", "--no-clip", "--out", str(out),
+    assert main(["benchmark", "--model", str(tiny_dir), "--device", "cpu", "--prompts", coco,
+                 "--num-prompts", "2", "--no-fid", "--no-clip", "--out", str(out),
                  "--latency-repeats", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["num_prompts"] == 2
+    assert report["settings"]["prompts_source"].startswith("2 prompts from")
+    manifest = json.loads((out / "images" / "fp" / "manifest.json").read_text())
+    assert manifest["prompts"] == coco_prompts[:2]  # the first caption of the first images
     assert sorted(p.name for p in (out / "images" / "fp").glob("*.png")) == ["00000.png",
                                                                             "00001.png"]
     assert report["variants"][0]["metrics"]["clip_score"] == "skipped (--no-clip)"
+    assert report["variants"][0]["perf"]["latency_ms"] > 0
     assert "| fp (reference)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra,message", [
     ([], "no prompts"),
-    (["--prompts", "MISSING"], "no such file"),
+    (["--prompts", "MISSING"], "does not exist"),
     (["--prompt", "a cat", "--real-images", "MISSING"], "--real-images .*no such folder"),
     (["--prompt", "a cat", "--quantized", "MISSING"], "--quantized .*no such folder"),
     (["--prompt", "a cat", "--inception", "MISSING"], "--inception .*no such file"),

@@ -4,7 +4,7 @@ from PIL import Image
 
 from quant.bench.distributed import Shard
 from quant.bench.generation import (GenerationSettings, generate_images, image_path,
-                                    missing_images, read_prompts_file, shard_batches)
+                                    missing_images, select_prompts, shard_batches)
 from quant.errors import MixDQError
 
 
@@ -107,19 +107,14 @@ def test_missing_images_of_a_shard(tmp_path):
     assert missing_images(tmp_path, 6, Shard(1, 2)) == [1, 5]
 
 
-def test_prompt_file_errors(tmp_path):
-    with pytest.raises(MixDQError, match="no such file"):
-        read_prompts_file(tmp_path / "nope.txt")
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n  \n")
+def test_inline_prompt_errors():
     with pytest.raises(MixDQError, match="no prompts"):
-        read_prompts_file(empty)
-    two = tmp_path / "two.txt"
-    two.write_text("a red bus\n\na cat on a sofa\n")
-    assert read_prompts_file(two) == ["a red bus", "a cat on a sofa"]
-    assert read_prompts_file(two, num_prompts=1) == ["a red bus"]
+        select_prompts([], None)
+    with pytest.raises(MixDQError, match="non-empty"):
+        select_prompts(["a red bus", "  "], None)
+    assert select_prompts(["a red bus", "a cat"], 1) == ["a red bus"]
     with pytest.raises(MixDQError, match="asked for 3 prompts but only 2"):
-        read_prompts_file(two, num_prompts=3)
+        select_prompts(["a red bus", "a cat"], 3)
 
 
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(batch_size=0), dict(resolution=30),
