@@ -59,21 +59,54 @@ def capture_unet_inputs(pipe, prompt: str, *, resolution: int | None = None,
     return capture.args, capture.kwargs
 
 
-def weight_bytes(unet: nn.Module) -> int:
-    """Bytes of the UNet's weights as stored.
+def _integer_form_nbytes(module: nn.Module) -> int:
+    """Bytes of a quantized layer as a checkpoint stores it: packed integer weight (or the float
+    weight where it stays float), float32 per-channel scales, bias in the layer's dtype, the
+    activation scales and zero points, and the precomputed BOS row."""
+    from ..packing import values_per_byte
 
-    Modules that know their deployable size (quantized layers with packed integer weights plus
-    scales) say so through a ``quantized_nbytes()`` method, which replaces the bytes of their
-    own parameters and buffers; everything else counts its parameters and buffers as they are.
-    Tensors shared between modules are counted once.
+    form = module.integer_form()
+    item = module.weight.element_size()
+    if form.w_bits is not None:
+        out, k = form.qweight.shape
+        total = out * -(-k // values_per_byte(form.w_bits)) + 4 * form.wscale.numel()
+    else:
+        total = form.weight.numel() * item
+    if form.bias is not None:
+        total += form.bias.numel() * item
+    for extra in (form.act_scale, form.act_zero_point, form.bos_row):
+        if extra is not None:
+            total += extra.numel() * 4
+    return total
+
+
+def _module_nbytes(module: nn.Module) -> int | None:
+    """A module's deployable size if it knows it (``quantized_nbytes()``, or a quantized layer
+    with an integer form), else ``None``."""
+    hook = getattr(module, "quantized_nbytes", None)
+    if callable(hook):
+        return int(hook())
+    if getattr(module, "is_quantized_module", False) and callable(
+            getattr(module, "integer_form", None)):
+        return _integer_form_nbytes(module)
+    return None
+
+
+def weight_bytes(unet: nn.Module) -> int:
+    """Bytes of the UNet's weights as deployed.
+
+    Quantized layers count their packed integer weights plus scales (a module may say its own
+    size through a ``quantized_nbytes()`` method); everything else counts its parameters and
+    buffers as they are. Tensors shared between modules are counted once.
     """
     seen: set[int] = set()
     total = 0
 
     def visit(module: nn.Module) -> None:
         nonlocal total
-        if callable(getattr(module, "quantized_nbytes", None)):
-            total += int(module.quantized_nbytes())
+        size = _module_nbytes(module)
+        if size is not None:
+            total += size
             for t in list(module.parameters()) + list(module.buffers()):
                 seen.add(id(t))
             return

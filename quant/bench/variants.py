@@ -77,27 +77,39 @@ def quantized_variant(model: str, quant_dir: str | Path, device=None, dtype=None
         name: column name; default the folder's base name.
 
     Raises:
-        MixDQError: the folder does not exist.
+        MixDQError: the folder does not exist or is not a quantized checkpoint.
     """
+    from ..checkpoint import WEIGHTS_FILE, read_config
+
     quant_dir = Path(quant_dir).expanduser()
     if not quant_dir.is_dir():
         raise MixDQError(f"--quantized {quant_dir}: no such folder")
+    read_config(quant_dir)  # a broken folder fails now, not after the other variants ran
 
     def load():
+        from ..checkpoint import load_quantized
         from ..models import load_fp_pipeline
 
-        try:
-            from ..checkpoint import load_quantized
-        except ImportError:
-            raise MixDQError(f"--quantized {quant_dir}: this version of mixdq cannot load "
-                             f"quantized folders yet (quant.checkpoint is missing)") from None
         pipe = load_fp_pipeline(model, device, dtype)
         load_quantized(pipe.unet, quant_dir)
         return pipe
 
     return Variant(name=name or variant_name(quant_dir), load=load,
                    source={"model": model, "quantized": str(quant_dir.resolve()),
+                           "checkpoint_sha256": _file_sha256(quant_dir / WEIGHTS_FILE),
                            "dtype": _dtype_name(device, dtype)})
+
+
+def _file_sha256(path: Path) -> str:
+    """Identifies the checkpoint's weights, so images of an older quantization in the same
+    folder are never mixed with new ones."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_variants(variants: list[Variant]) -> Variant:

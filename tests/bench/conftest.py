@@ -68,30 +68,28 @@ def tiny_clip_dir(shared_data, tmp_path_factory):
     return path
 
 
-def round_weights(unet: nn.Module, bits: int = 4) -> None:
-    """Round every Linear/Conv2d weight to ``bits`` per output channel (DESIGN.md convention),
-    in place: a weight-only quantized UNet in simulation, to give the benchmark a variant
-    whose images really differ from full precision."""
-    n = 2 ** (bits - 1) - 1
-    with torch.no_grad():
-        for m in unet.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                w = m.weight.reshape(m.weight.shape[0], -1)
-                scale = w.abs().amax(1, keepdim=True) / n
-                scale[scale == 0] = 1
-                q = torch.clamp(torch.round(w / scale), -n - 1, n)
-                m.weight.copy_((q * scale).reshape(m.weight.shape))
-
-
-@pytest.fixture
-def w4_variant(tiny_dir):
-    """The tiny pipeline with 4-bit rounded UNet weights, as a benchmark variant."""
-    from quant.bench import Variant
+def _quantize(tiny_dir, prompts, calib_dir, out_dir, preset):
+    """The real path: record calibration, quantize the UNet with a preset, save a checkpoint."""
+    from quant.bitmap import BitMap
+    from quant.calib import CalibrationData, record_calibration
+    from quant.checkpoint import save_quantized
     from quant.models import load_fp_pipeline
+    from quant.quantize import quantize_unet
+    from quant.structure import quantizable_layers
 
-    def load():
-        pipe = load_fp_pipeline(str(tiny_dir), device="cpu")
-        round_weights(pipe.unet, 4)
-        return pipe
+    pipe = load_fp_pipeline(str(tiny_dir), device="cpu")
+    if not (calib_dir / "manifest.json").exists():
+        record_calibration(pipe, prompts, calib_dir, batch_size=4, model_name=str(tiny_dir),
+                           progress=False)
+    data = CalibrationData(calib_dir)
+    bit_map = BitMap.preset(quantizable_layers(pipe.unet), preset)
+    quantize_unet(pipe.unet, bit_map, list(data.batches(4)), progress=False)
+    return save_quantized(pipe.unet, out_dir, base_model=str(tiny_dir))
 
-    return Variant("w4", load, source={"model": str(tiny_dir), "weights": "rounded to 4 bits"})
+
+@pytest.fixture(scope="session")
+def quant_dirs(tiny_dir, coco_prompts, tmp_path_factory):
+    """W8A8 and W4A8 checkpoints of the tiny UNet, calibrated on 8 COCO prompts."""
+    root = tmp_path_factory.mktemp("quantized")
+    return {preset: _quantize(tiny_dir, coco_prompts[8:16], root / "calib", root / preset,
+                              preset) for preset in ("W8A8", "W4A8")}

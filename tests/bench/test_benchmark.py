@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from quant.bench import (BenchmarkConfig, GenerationSettings, MetricModels, fp_variant,
-                         load_clip, run_benchmark)
+from quant.bench import (BenchmarkConfig, GenerationSettings, MetricModels, Variant,
+                         fp_variant, load_clip, quantized_variant, run_benchmark)
 from quant.bench.generation import image_path
 from quant.bench.metrics import ImageRewardModel, load_images, psnr_per_image, ssim_per_image
 from quant.cli import main
@@ -33,20 +33,26 @@ def models(extractor, tiny_clip_dir):
                         image_reward=ImageRewardModel(note="n/a (package not installed)"))
 
 
-def test_benchmark_end_to_end(tiny_dir, w4_variant, models, extractor, coco_prompts, tmp_path):
+def test_benchmark_end_to_end(tiny_dir, quant_dirs, models, extractor, coco_prompts, tmp_path):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     prompts = coco_prompts[:4]
     config = BenchmarkConfig(out_dir=str(tmp_path / "report"), latency_repeats=3,
                              latency_warmup=1, real_images=str(_real_images(tmp_path / "real")),
                              generation=GenerationSettings(seed=11), device="cpu")
-    variants = [fp_variant(str(tiny_dir), device="cpu"), w4_variant]
+    w4_variant = quantized_variant(str(tiny_dir), quant_dirs["W4A8"], device="cpu", name="w4")
+    variants = [fp_variant(str(tiny_dir), device="cpu"),
+                quantized_variant(str(tiny_dir), quant_dirs["W8A8"], device="cpu"), w4_variant]
     report = run_benchmark(variants, prompts, config, models=models, prompts_source="coco")
 
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    fp, w4 = on_disk["variants"]
+    fp, w8, w4 = on_disk["variants"]
+    assert [v["name"] for v in on_disk["variants"]] == ["fp", "W8A8", "w4"]
     assert fp["reference"] and not w4["reference"]
+    # 8-bit is closer to full precision than 4-bit weights
+    assert w8["metrics"]["psnr_vs_fp"] > w4["metrics"]["psnr_vs_fp"]
+    assert w8["metrics"]["ssim_vs_fp"] > w4["metrics"]["ssim_vs_fp"]
     # every metric is a number computed from the generated images
     for key in ("fid_vs_fp", "fid_vs_real", "clip_score", "psnr_vs_fp", "ssim_vs_fp"):
         assert isinstance(w4["metrics"][key], float) and math.isfinite(w4["metrics"][key]), key
@@ -81,18 +87,19 @@ def test_benchmark_end_to_end(tiny_dir, w4_variant, models, extractor, coco_prom
         assert abs(hand) > 0.01
 
     # latency, memory and weight bytes
-    for v in (fp, w4):
+    for v in (fp, w8, w4):
         assert v["perf"]["latency_ms"] > 0 and v["perf"]["timer"] == "wall-clock"
         assert v["perf"]["peak_memory_bytes"] is None
-    assert fp["perf"]["weight_bytes"] == w4["perf"]["weight_bytes"] > 1_000_000
+    sizes = [v["perf"]["weight_bytes"] for v in (fp, w8, w4)]
+    assert sizes[0] > 3.5 * sizes[1] and sizes[1] > 1.7 * sizes[2]
 
     markdown = (tmp_path / "report" / "report.md").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert len(rows) == 3 and "FID vs FP" in rows[0] and "CLIPScore" in rows[0]
-    assert rows[1].startswith("| fp (reference)") and rows[2].startswith("| w4 ")
-    assert f"{w4['metrics']['ssim_vs_fp']:.4f}" in rows[2]
+    assert len(rows) == 4 and "FID vs FP" in rows[0] and "CLIPScore" in rows[0]
+    assert rows[1].startswith("| fp (reference)") and rows[3].startswith("| w4 ")
+    assert f"{w4['metrics']['ssim_vs_fp']:.4f}" in rows[3]
     with Image.open(tmp_path / "report" / "grid.png") as grid:
-        assert grid.size[1] > grid.size[0] > 300  # 4 rows, 2 image columns + captions
+        assert grid.size[0] > 600 and grid.size[1] > 600  # 4 rows, 3 image columns + captions
 
     # a rerun generates nothing and gives the same numbers
     def no_load():
@@ -100,16 +107,14 @@ def test_benchmark_end_to_end(tiny_dir, w4_variant, models, extractor, coco_prom
 
     stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")}
     config.latency = False
-    again = run_benchmark([fp_variant(str(tiny_dir), device="cpu"), w4_variant.__class__(
-        "w4", no_load, w4_variant.source)], prompts, config, models=models)
+    again = run_benchmark([Variant(v.name, no_load, v.source, v.reference) for v in variants],
+                          prompts, config, models=models)
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")} == stamps
-    assert again["variants"][1]["metrics"] == w4["metrics"]
+    assert again["variants"][2]["metrics"] == w4["metrics"]
 
 
 def test_identical_variant_scores_as_reference(tiny_dir, extractor, coco_prompts, tmp_path):
     """The same pipeline under two names: FID ~0, SSIM 1, PSNR at its cap."""
-    from quant.bench import Variant
-
     config = BenchmarkConfig(out_dir=str(tmp_path), latency=False, clip=False, device="cpu")
     fp = fp_variant(str(tiny_dir), device="cpu")
     twin = Variant("twin", fp.load, source=fp.source)
@@ -121,24 +126,26 @@ def test_identical_variant_scores_as_reference(tiny_dir, extractor, coco_prompts
     assert "clip_score" not in m
 
 
-def test_single_prompt_reports_why_fid_is_missing(tiny_dir, w4_variant, extractor, coco_prompts,
+def test_single_prompt_reports_why_fid_is_missing(tiny_dir, quant_dirs, extractor, coco_prompts,
                                                   tmp_path):
     config = BenchmarkConfig(out_dir=str(tmp_path), latency=False, device="cpu")
+    w4_variant = quantized_variant(str(tiny_dir), quant_dirs["W4A8"], device="cpu")
     report = run_benchmark([fp_variant(str(tiny_dir), device="cpu"), w4_variant],
                            coco_prompts[:1], config, models=MetricModels(fid_extractor=extractor))
     assert report["variants"][1]["metrics"]["fid_vs_fp"].startswith("n/a")
     assert isinstance(report["variants"][1]["metrics"]["ssim_vs_fp"], float)
 
 
-def test_cli_benchmark_without_metric_networks(tiny_dir, shared_data, coco_prompts, tmp_path,
-                                               capsys):
+def test_cli_benchmark_with_quantized_folders(tiny_dir, quant_dirs, shared_data, coco_prompts,
+                                             tmp_path, capsys):
     import os
 
     coco = os.path.join(shared_data, "coco_captions_val2017.json")
     out = tmp_path / "report"
     assert main(["benchmark", "--model", str(tiny_dir), "--device", "cpu", "--prompts", coco,
                  "--num-prompts", "2", "--no-fid", "--no-clip", "--out", str(out),
-                 "--latency-repeats", "2"]) == 0
+                 "--latency-repeats", "2", "--quantized", str(quant_dirs["W8A8"]),
+                 "--quantized", str(quant_dirs["W4A8"])]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["num_prompts"] == 2
     assert report["settings"]["prompts_source"].startswith("2 prompts from")
@@ -146,9 +153,16 @@ def test_cli_benchmark_without_metric_networks(tiny_dir, shared_data, coco_promp
     assert manifest["prompts"] == coco_prompts[:2]  # the first caption of the first images
     assert sorted(p.name for p in (out / "images" / "fp").glob("*.png")) == ["00000.png",
                                                                             "00001.png"]
-    assert report["variants"][0]["metrics"]["clip_score"] == "skipped (--no-clip)"
-    assert report["variants"][0]["perf"]["latency_ms"] > 0
-    assert "| fp (reference)" in capsys.readouterr().out
+    assert [v["name"] for v in report["variants"]] == ["fp", "W8A8", "W4A8"]
+    for v in report["variants"]:
+        assert v["metrics"]["clip_score"] == "skipped (--no-clip)"
+        assert v["perf"]["latency_ms"] > 0
+    for v in report["variants"][1:]:
+        assert v["metrics"]["fid_vs_fp"] == "skipped (--no-fid)"
+        assert 0 < v["metrics"]["ssim_vs_fp"] < 1
+    assert report["variants"][1]["source"]["quantized"] == str(quant_dirs["W8A8"].resolve())
+    printed = capsys.readouterr().out
+    assert "| fp (reference)" in printed and "| W4A8 |" in printed
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -156,12 +170,14 @@ def test_cli_benchmark_without_metric_networks(tiny_dir, shared_data, coco_promp
     (["--prompts", "MISSING"], "does not exist"),
     (["--prompt", "a cat", "--real-images", "MISSING"], "--real-images .*no such folder"),
     (["--prompt", "a cat", "--quantized", "MISSING"], "--quantized .*no such folder"),
+    (["--prompt", "a cat", "--quantized", "EMPTY"], "missing quant_config.json"),
     (["--prompt", "a cat", "--inception", "MISSING"], "--inception .*no such file"),
     (["--prompt", "a cat", "--num-prompts", "2"], "asked for 2 prompts but only 1"),
     (["--prompt", "a cat", "--resolution", "60"], "multiple of 8"),
 ])
 def test_cli_bad_inputs_are_one_line(tiny_dir, tmp_path, capsys, extra, message):
-    extra = [str(tmp_path / "missing") if e == "MISSING" else e for e in extra]
+    (tmp_path / "empty").mkdir()
+    extra = [str(tmp_path / e.lower()) if e in ("MISSING", "EMPTY") else e for e in extra]
     status = main(["benchmark", "--model", str(tiny_dir), "--out", str(tmp_path / "r")] + extra)
     assert status == 2
     lines = capsys.readouterr().err.strip().splitlines()

@@ -63,3 +63,28 @@ def test_measure_unet_on_cpu(tiny_pipe, coco_prompts):
     assert min(perf.latency_ms_all) <= perf.latency_ms <= max(perf.latency_ms_all)
     assert perf.peak_memory_bytes is None and "n/a" in perf.memory_note
     assert perf.weight_bytes == weight_bytes(tiny_pipe.unet)
+
+
+def test_weight_bytes_of_a_quantized_unet_match_its_checkpoint(tiny_dir, quant_dirs):
+    """Packed integer weights + scales as stored in the checkpoint, plus the float rest."""
+    from safetensors import safe_open
+
+    from quant.checkpoint import load_quantized
+    from quant.models import load_fp_pipeline
+
+    for preset in ("W8A8", "W4A8"):
+        unet = load_fp_pipeline(str(tiny_dir), device="cpu").unet
+        load_quantized(unet, quant_dirs[preset])
+        quantized = {n: m for n, m in unet.named_modules()
+                     if getattr(m, "is_quantized_module", False)}
+        stored = 0
+        with safe_open(str(quant_dirs[preset] / "unet_quant.safetensors"), "pt") as f:
+            for key in f.keys():
+                if not key.endswith(".act_range"):  # calibration record, not used to run
+                    t = f.get_tensor(key)
+                    stored += t.numel() * t.element_size()
+        in_layers = {id(p) for m in quantized.values() for p in m.parameters()}
+        rest = sum(p.numel() * p.element_size() for p in unet.parameters()
+                   if id(p) not in in_layers)
+        biases = sum(m.bias.numel() * 4 for m in quantized.values() if m.bias is not None)
+        assert weight_bytes(unet) == stored + rest + biases, preset
