@@ -18,7 +18,8 @@ from ..errors import MixDQError
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 NO_WEIGHTS_HINT = ("pass --clip PATH (a folder with a transformers CLIPModel and CLIPProcessor, "
-                   "e.g. a download of " + DEFAULT_CLIP + ") or --no-clip")
+                   "e.g. a download of " + DEFAULT_CLIP + "), --clip tiny (random stand-in, for "
+                   "trying things out) or --no-clip")
 
 
 def _as_tensor(output: Any) -> torch.Tensor:
@@ -71,7 +72,8 @@ def load_clip(path: str | None = None) -> tuple[CLIPFeatureAdapter, Any]:
     """Load a CLIP model and processor from local files only.
 
     Args:
-        path: a folder holding a transformers ``CLIPModel`` and ``CLIPProcessor``; ``None`` uses
+        path: a folder holding a transformers ``CLIPModel`` and ``CLIPProcessor``, ``"tiny"``
+            for the built-in random stand-in (:mod:`quant.bench.tiny_nets`), or ``None`` for
             ``openai/clip-vit-large-patch14`` from the Hugging Face cache.
 
     Returns:
@@ -84,6 +86,11 @@ def load_clip(path: str | None = None) -> tuple[CLIPFeatureAdapter, Any]:
     from transformers import CLIPModel, CLIPProcessor
     from transformers.utils import logging as hf_logging
 
+    if path == "tiny":
+        from .tiny_nets import tiny_clip
+
+        model, processor = tiny_clip()
+        return CLIPFeatureAdapter(model).eval(), processor
     if path is None:
         folder = _hub_snapshot(DEFAULT_CLIP)
         if folder is None:

@@ -29,12 +29,14 @@ class MetricModels:
         clip: ``(model, processor)`` for CLIPScore (model: a :class:`CLIPFeatureAdapter`).
         image_reward: ImageReward, or the reason it is unavailable.
         skipped: metric key -> why it is skipped (shown in the report).
+        notes: remarks for the report (e.g. that stand-in networks were used).
     """
 
     fid_extractor: nn.Module | None = None
     clip: tuple[nn.Module, Any] | None = None
     image_reward: ImageRewardModel = dataclasses.field(default_factory=ImageRewardModel)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def load(cls, *, fid: bool = True, inception: str | None = None, clip: bool = True,
@@ -56,9 +58,15 @@ class MetricModels:
         clip_pair = load_clip(clip_model) if clip else None
         if not clip:
             skipped["clip_score"] = "skipped (--no-clip)"
+        from .tiny_nets import TINY, TINY_NOTE
+
+        used = [flag for flag, on, value in (("--inception", fid, inception),
+                                              ("--clip", clip, clip_model))
+                if on and value == TINY]
+        notes = [f"{' and '.join(f'{u} tiny' for u in used)}: {TINY_NOTE}."] if used else []
         return cls(fid_extractor=extractor, clip=clip_pair,
                    image_reward=ImageRewardModel.load(device, enabled=image_reward),
-                   skipped=skipped)
+                   skipped=skipped, notes=notes)
 
 
 def _batches(n: int, size: int) -> list[range]:

@@ -21,7 +21,8 @@ from ..errors import MixDQError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 NO_WEIGHTS_HINT = ("pass --inception PATH (torch-fidelity's " + INCEPTION_FILE + ", the file "
-                   "torchmetrics downloads, or a TorchScript feature extractor) or --no-fid")
+                   "torchmetrics downloads, or a TorchScript feature extractor), --inception "
+                   "tiny (random stand-in, for trying things out) or --no-fid")
 
 
 @dataclasses.dataclass
@@ -140,8 +141,9 @@ def load_inception(path: str | None = None) -> nn.Module:
     """The FID feature network, from local files only.
 
     Args:
-        path: torch-fidelity's Inception state dict (``.pth``) or a TorchScript feature extractor;
-            ``None`` looks for the weights in the torch hub cache.
+        path: torch-fidelity's Inception state dict (``.pth``), a TorchScript feature extractor,
+            ``"tiny"`` for the built-in random stand-in (:mod:`quant.bench.tiny_nets`), or
+            ``None`` to look for the weights in the torch hub cache.
 
     Returns:
         A module mapping uint8 images ``[N, 3, H, W]`` (any size; Inception resizes to 299) to
@@ -157,6 +159,10 @@ def load_inception(path: str | None = None) -> nn.Module:
             raise MixDQError(f"FID: no Inception weights offline (not in {cached.parent}); "
                              f"{NO_WEIGHTS_HINT}")
         return _torch_fidelity_inception(cached)
+    if path == "tiny":
+        from .tiny_nets import TinyFeatureNet
+
+        return TinyFeatureNet()
     weights = Path(path).expanduser()
     if not weights.is_file():
         raise MixDQError(f"--inception {path}: no such file")

@@ -55,9 +55,9 @@ def markdown(report: dict) -> str:
     gen = s["generation"]
     lines = [
         "# mixdq benchmark", "",
-        f"{s['num_prompts']} prompts from `{s['prompts_source']}`, {gen['steps']} step(s), "
-        f"guidance {gen['guidance']}, seed {gen['seed']} + i, {s['resolution']} px; "
-        f"device {report['device']}.", "",
+        f"Prompts: {s['prompts_source']}. {gen['steps']} step(s), guidance {gen['guidance']}, "
+        f"seed {gen['seed']} + i, {s['resolution']} px; metrics on {report['device']}"
+        + (f", GPU {report['gpu']}" if report.get("gpu") else "") + ".", "",
     ]
     metric_cols = [c for c in COLUMNS if any(c[1] in v["metrics"] for v in report["variants"])]
     head = (["variant"] + [c[0] for c in metric_cols]

@@ -158,12 +158,16 @@ def run_benchmark(variants: list[Variant], prompts: list[str], config: Benchmark
     resolution = _image_side(image_path(folders[reference.name], 0))
     notes = [f"FID, CLIPScore, PSNR and SSIM are computed from the PNGs in "
              f"{out / 'images'}; PSNR is capped at 100 dB (identical images)."]
+    notes += models.notes
+    if any(v.source.get("quantized") for v in variants) and config.latency:
+        notes.append("Quantized UNets are timed as loaded: simulated (fake-quantized) layers "
+                     "unless integer kernels are in use, so their latency is the simulation's.")
     if len(prompts) < 2048 and (models.fid_extractor is not None):
         notes.append(f"FID from {len(prompts)} images is biased upwards and noisy; compare "
                      f"variants only at equal prompt counts.")
     report = {
         "format": FORMAT, "version": 1,
-        "settings": {"num_prompts": len(prompts), "prompts_source": prompts_source or "list",
+        "settings": {"num_prompts": len(prompts), "prompts_source": prompts_source or f"{len(prompts)} prompts (a list)",
                      "resolution": resolution, "generation": config.generation.to_dict(),
                      "config": config.to_dict(), "world_size": shard.world_size,
                      "real_images": len(real_paths) if real_paths else 0},

@@ -36,11 +36,13 @@ def register(sub):
     m = p.add_argument_group("metrics")
     m.add_argument("--inception", metavar="PATH",
                    help="local FID Inception weights (torch-fidelity's weights-inception-"
-                        "2015-12-05-6726825d.pth) or a TorchScript feature extractor")
+                        "2015-12-05-6726825d.pth), a TorchScript feature extractor, or 'tiny' "
+                        "(built-in random stand-in)")
     m.add_argument("--no-fid", action="store_true")
     m.add_argument("--clip", metavar="PATH",
-                   help="local folder with a transformers CLIPModel + CLIPProcessor "
-                        "(default: openai/clip-vit-large-patch14 from the HF cache)")
+                   help="local folder with a transformers CLIPModel + CLIPProcessor, or 'tiny' "
+                        "(built-in random stand-in); default: openai/clip-vit-large-patch14 "
+                        "from the HF cache")
     m.add_argument("--no-clip", action="store_true")
     m.add_argument("--no-image-reward", action="store_true")
     m.add_argument("--metric-batch-size", type=positive_int, default=32)
@@ -61,7 +63,8 @@ def _prompts(args) -> tuple[list[str], str]:
     if args.prompts and args.prompt:
         raise MixDQError("give either --prompts SOURCE or --prompt TEXT, not both")
     if args.prompt:
-        return select_prompts(args.prompt, args.num_prompts, "--prompt"), "--prompt"
+        prompts = select_prompts(args.prompt, args.num_prompts, "--prompt")
+        return prompts, f"{len(prompts)} prompts from --prompt"
     if not args.prompts:
         raise MixDQError("no prompts: pass --prompts SOURCE or --prompt TEXT")
     prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,

@@ -138,31 +138,35 @@ def test_single_prompt_reports_why_fid_is_missing(tiny_dir, quant_dirs, extracto
 
 def test_cli_benchmark_with_quantized_folders(tiny_dir, quant_dirs, shared_data, coco_prompts,
                                              tmp_path, capsys):
+    """The CLI end to end, offline: built-in stand-in metric networks, real quantized folders."""
     import os
 
     coco = os.path.join(shared_data, "coco_captions_val2017.json")
     out = tmp_path / "report"
     assert main(["benchmark", "--model", str(tiny_dir), "--device", "cpu", "--prompts", coco,
-                 "--num-prompts", "2", "--no-fid", "--no-clip", "--out", str(out),
+                 "--num-prompts", "3", "--inception", "tiny", "--clip", "tiny",
+                 "--real-images", str(_real_images(tmp_path / "real")), "--out", str(out),
                  "--latency-repeats", "2", "--quantized", str(quant_dirs["W8A8"]),
                  "--quantized", str(quant_dirs["W4A8"])]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["num_prompts"] == 2
-    assert report["settings"]["prompts_source"].startswith("2 prompts from")
+    assert report["settings"]["num_prompts"] == 3
+    assert report["settings"]["prompts_source"].startswith("3 prompts from")
     manifest = json.loads((out / "images" / "fp" / "manifest.json").read_text())
-    assert manifest["prompts"] == coco_prompts[:2]  # the first caption of the first images
-    assert sorted(p.name for p in (out / "images" / "fp").glob("*.png")) == ["00000.png",
-                                                                            "00001.png"]
+    assert manifest["prompts"] == coco_prompts[:3]  # the first caption of the first images
+    assert sorted(p.name for p in (out / "images" / "W4A8").glob("*.png")) == [
+        "00000.png", "00001.png", "00002.png"]
     assert [v["name"] for v in report["variants"]] == ["fp", "W8A8", "W4A8"]
     for v in report["variants"]:
-        assert v["metrics"]["clip_score"] == "skipped (--no-clip)"
+        assert v["metrics"]["clip_score"] > 1 and v["metrics"]["fid_vs_real"] > 0
         assert v["perf"]["latency_ms"] > 0
     for v in report["variants"][1:]:
-        assert v["metrics"]["fid_vs_fp"] == "skipped (--no-fid)"
-        assert 0 < v["metrics"]["ssim_vs_fp"] < 1
+        m = v["metrics"]
+        assert m["fid_vs_fp"] >= 0 and 0 < m["ssim_vs_fp"] < 1 and 20 < m["psnr_vs_fp"] < 100
     assert report["variants"][1]["source"]["quantized"] == str(quant_dirs["W8A8"].resolve())
+    assert any("tiny" in note for note in report["notes"])
     printed = capsys.readouterr().out
     assert "| fp (reference)" in printed and "| W4A8 |" in printed
+    assert (out / "grid.png").is_file()
 
 
 @pytest.mark.parametrize("extra,message", [

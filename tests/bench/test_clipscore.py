@@ -88,3 +88,13 @@ def test_cli_without_local_clip_names_the_flags(tiny_dir, tmp_path, monkeypatch,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--clip" in lines[0] and "--no-clip" in lines[0]
     assert not (tmp_path / "report" / "images").exists()  # failed before generating anything
+
+
+def test_tiny_stand_in_scores_in_a_positive_range(coco_prompts):
+    adapter, processor = load_clip("tiny")
+    scorer = CLIPScorer(adapter, processor)
+    images = _images(3, seed=4)
+    score = scorer.score(images, coco_prompts[:3])
+    hand = _hand_scores(adapter.model, processor, images, coco_prompts[:3])
+    assert 10 < score < 90 and score == pytest.approx(float(hand.mean()), abs=1e-4)
+    assert len(set(hand.round(decimals=3).tolist())) == 3  # depends on image and prompt

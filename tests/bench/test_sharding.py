@@ -24,6 +24,7 @@ def test_torchrun_shards_give_the_same_images(tiny_dir, tiny_pipe, coco_prompts,
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["world_size"] == 2
+    assert report["variants"][0]["metrics"]["clip_score"] == "skipped (--no-clip)"
 
     single = tmp_path / "single"
     generate_images(lambda: tiny_pipe, coco_prompts[:5], single, GenerationSettings())
