@@ -1,9 +1,107 @@
-"""`mixdq benchmark`: not built yet."""
+"""`mixdq benchmark`: FID, CLIPScore, ImageReward, PSNR/SSIM, UNet latency and memory.
 
-from .common import not_built
+Generates with the full-precision pipeline and every ``--quantized`` folder on the same seeds
+(resumable; shard with ``torchrun --nproc-per-node N -m quant benchmark ...``) and writes
+``report.json``, ``report.md`` and ``grid.png`` to ``--out``.
+"""
 
-run = not_built("benchmark")
+from __future__ import annotations
+
+from .common import add_model_args, positive_int
 
 
 def register(sub):
-    return sub.add_parser("benchmark", help="(not built yet)")
+    p = sub.add_parser("benchmark", help="compare full-precision and quantized pipelines "
+                       "(FID, CLIPScore, PSNR/SSIM, latency, memory)")
+    add_model_args(p)
+    p.add_argument("--quantized", action="append", default=[], metavar="QUANT_DIR",
+                   help="a folder written by `mixdq quantize` (repeat for several)")
+    p.add_argument("--prompts", metavar="SOURCE",
+                   help="COCO caption .json, .csv/.tsv with a text column (e.g. COCO-30k), "
+                        ".txt (one per line), hf:NAME[:SPLIT], or a folder saved with datasets")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="an inline prompt (repeatable), instead of --prompts")
+    p.add_argument("--num-prompts", type=positive_int, default=None,
+                   help="use the first N prompts (default: all)")
+    p.add_argument("--column", default="text", help="text column of a CSV/TSV or dataset")
+    p.add_argument("--split", default=None, help="dataset split (default train)")
+    p.add_argument("--real-images", metavar="DIR", help="real images for FID vs real")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR")
+    g = p.add_argument_group("generation")
+    g.add_argument("--steps", type=positive_int, default=1)
+    g.add_argument("--guidance", type=float, default=0.0)
+    g.add_argument("--resolution", type=positive_int, default=None)
+    g.add_argument("--seed", type=int, default=42, help="seed of prompt 0; prompt i: seed + i")
+    g.add_argument("--batch-size", type=positive_int, default=1)
+    m = p.add_argument_group("metrics")
+    m.add_argument("--inception", metavar="PATH",
+                   help="local FID Inception weights (torch-fidelity's weights-inception-"
+                        "2015-12-05-6726825d.pth), a TorchScript feature extractor, or 'tiny' "
+                        "(built-in random stand-in)")
+    m.add_argument("--no-fid", action="store_true")
+    m.add_argument("--clip", metavar="PATH",
+                   help="local folder with a transformers CLIPModel + CLIPProcessor, or 'tiny' "
+                        "(built-in random stand-in); default: openai/clip-vit-large-patch14 "
+                        "from the HF cache")
+    m.add_argument("--no-clip", action="store_true")
+    m.add_argument("--no-image-reward", action="store_true")
+    m.add_argument("--metric-batch-size", type=positive_int, default=32)
+    m.add_argument("--grid-rows", type=positive_int, default=8)
+    t = p.add_argument_group("latency")
+    t.add_argument("--no-latency", action="store_true")
+    t.add_argument("--latency-repeats", type=positive_int, default=10)
+    t.add_argument("--latency-warmup", type=int, default=3)
+    t.add_argument("--cuda-graphs", action="store_true", help="time CUDA graph replays")
+    return p
+
+
+def _prompts(args) -> tuple[list[str], str]:
+    from ..bench.generation import select_prompts
+    from ..calib.prompts import read_prompts
+    from ..errors import MixDQError
+
+    if args.prompts and args.prompt:
+        raise MixDQError("give either --prompts SOURCE or --prompt TEXT, not both")
+    if args.prompt:
+        prompts = select_prompts(args.prompt, args.num_prompts, "--prompt")
+        return prompts, f"{len(prompts)} prompts from --prompt"
+    if not args.prompts:
+        raise MixDQError("no prompts: pass --prompts SOURCE or --prompt TEXT")
+    prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,
+                              split=args.split)
+    return prompt_set.prompts, prompt_set.summary()
+
+
+def run(args) -> int:
+    from ..bench import (BenchmarkConfig, GenerationSettings, fp_variant, init_shard,
+                         quantized_variant, run_benchmark)
+
+    prompts, source = _prompts(args)
+    config = BenchmarkConfig(
+        out_dir=args.out,
+        generation=GenerationSettings(steps=args.steps, guidance=args.guidance,
+                                      resolution=args.resolution, seed=args.seed,
+                                      batch_size=args.batch_size),
+        real_images=args.real_images, fid=not args.no_fid, inception=args.inception,
+        clip=not args.no_clip, clip_model=args.clip, image_reward=not args.no_image_reward,
+        latency=not args.no_latency, latency_repeats=args.latency_repeats,
+        latency_warmup=args.latency_warmup, cuda_graphs=args.cuda_graphs,
+        metric_batch_size=args.metric_batch_size, grid_rows=args.grid_rows, device=args.device)
+    shard = init_shard()
+    device = args.device
+    if shard.world_size > 1 and device is None:
+        import torch
+
+        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
+    variants = [fp_variant(args.model, device, args.dtype)]
+    variants += [quantized_variant(args.model, q, device, args.dtype) for q in args.quantized]
+    try:
+        report = run_benchmark(variants, prompts, config, shard=shard, prompts_source=source)
+    finally:
+        shard.close()
+    if report is not None:
+        from ..bench.report import markdown
+
+        print(markdown(report), end="")
+        print(f"wrote {args.out}/report.json, report.md, grid.png")
+    return 0

@@ -1,0 +1,126 @@
+"""The benchmark's outputs: ``report.json``, ``report.md`` (one row per variant), ``grid.png``."""
+
+from __future__ import annotations
+
+import io
+import platform
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from ..utils.io import write_bytes, write_json, write_text
+
+FORMAT = "mixdq-benchmark"
+
+# (column title, key in a variant's "metrics", format)
+COLUMNS = [
+    ("FID vs FP", "fid_vs_fp", "{:.4g}"),
+    ("FID vs real", "fid_vs_real", "{:.4g}"),
+    ("CLIPScore", "clip_score", "{:.2f}"),
+    ("ImageReward", "image_reward", "{:.3f}"),
+    ("PSNR vs FP (dB)", "psnr_vs_fp", "{:.2f}"),
+    ("SSIM vs FP", "ssim_vs_fp", "{:.4f}"),
+]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a report."""
+    import diffusers
+    import torch
+    import torchmetrics
+    import transformers
+
+    from .. import __version__
+
+    return {"mixdq": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": str(torch.version.cuda), "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "torchmetrics": torchmetrics.__version__}
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    return fmt.format(value)
+
+
+def _mib(nbytes: int | None) -> str:
+    return "—" if nbytes is None else f"{nbytes / 2**20:.2f}"
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: settings, then one table row per variant."""
+    s = report["settings"]
+    gen = s["generation"]
+    lines = [
+        "# mixdq benchmark", "",
+        f"Prompts: {s['prompts_source']}. {gen['steps']} step(s), guidance {gen['guidance']}, "
+        f"seed {gen['seed']} + i, {s['resolution']} px; metrics on {report['device']}"
+        + (f", GPU {report['gpu']}" if report.get("gpu") else "") + ".", "",
+    ]
+    metric_cols = [c for c in COLUMNS if any(c[1] in v["metrics"] for v in report["variants"])]
+    head = (["variant"] + [c[0] for c in metric_cols]
+            + ["UNet latency (ms)", "peak memory (MiB)", "UNet weights (MiB)"])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in report["variants"]:
+        m, perf = v["metrics"], v.get("perf") or {}
+        row = [v["name"] + (" (reference)" if v.get("reference") else "")]
+        row += [_cell(m.get(key), fmt) for _, key, fmt in metric_cols]
+        row += [_cell(perf.get("latency_ms"), "{:.2f}"), _mib(perf.get("peak_memory_bytes")),
+                _mib(perf.get("weight_bytes"))]
+        lines.append("| " + " | ".join(row) + " |")
+    notes = report.get("notes") or []
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def save_grid(path: str | Path, folders: dict[str, Path], prompts: list[str],
+              rows: int = 8) -> None:
+    """An image grid PNG: one row per prompt (the first ``rows``), one column per variant.
+
+    Args:
+        path: output PNG, written atomically.
+        folders: variant name -> its image folder, in column order.
+        prompts: the prompts; each row is captioned with its (wrapped) prompt.
+        rows: how many prompts to show.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from .generation import image_path
+
+    n, cols = min(rows, len(prompts)), len(folders)
+    fig, axes = plt.subplots(n, cols + 1, figsize=(2.2 * cols + 2.0, 2.2 * n + 0.4),
+                             squeeze=False, gridspec_kw={"width_ratios": [0.9] + [1] * cols})
+    for r in range(n):
+        axes[r][0].axis("off")
+        axes[r][0].text(1.0, 0.5, textwrap.fill(prompts[r], 26), fontsize=8, ha="right",
+                        va="center", transform=axes[r][0].transAxes)
+    for c, (name, folder) in enumerate(folders.items(), start=1):
+        for r in range(n):
+            ax = axes[r][c]
+            with Image.open(image_path(folder, r)) as im:
+                ax.imshow(im.convert("RGB"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def write_report(out_dir: str | Path, report: dict) -> dict[str, Path]:
+    """Write ``report.json`` and ``report.md`` atomically; returns their paths."""
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
+    write_json(paths["json"], report)
+    write_text(paths["markdown"], markdown(report))
+    return paths
