@@ -66,8 +66,9 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "peft>=0.10", "datasets>=2.14"],
         "data": ["datasets>=2.14"],
+        "lora": ["peft>=0.10"],
     },
     entry_points={"console_scripts": ["mixdq=quant.cli:main"]},
     ext_modules=ext_modules,

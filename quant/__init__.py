@@ -2,12 +2,18 @@
 
 Public API (imported lazily so that ``import quant`` stays cheap):
 
+- :func:`quant.load_pipeline` - a stock diffusers pipeline, its UNet quantized from a checkpoint.
+- :func:`quant.quantize_unet` - quantize a UNet you built yourself, given a bit map and
+  calibration batches.
 - :func:`quant.models.load_fp_pipeline` - load a full-precision SDXL-style pipeline.
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load_pipeline": ("quant.api", "load_pipeline"),
+    "quantize_unet": ("quant.api", "quantize_unet"),
+    "BitMap": ("quant.bitmap", "BitMap"),
     "load_fp_pipeline": ("quant.models", "load_fp_pipeline"),
     "MixDQError": ("quant.errors", "MixDQError"),
 }

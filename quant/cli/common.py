@@ -14,6 +14,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
     p.add_argument("--dtype", default=None,
                    help="fp16 / bf16 / fp32 (default: fp16 on CUDA; always fp32 on CPU)")
+    p.add_argument("--lora", default=None,
+                   help="LoRA to fuse into the model first (file, folder or Hub id; needs peft)")
+    p.add_argument("--lora-scale", type=float, default=1.0)
+
+
+def load_model(args, **kwargs):
+    """The full-precision pipeline the model arguments of a subcommand describe."""
+    from ..models import load_fp_pipeline
+
+    return load_fp_pipeline(args.model, args.device, args.dtype, lora=args.lora,
+                            lora_scale=args.lora_scale, **kwargs)
 
 
 def not_built(name: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MixDQError
-from .common import add_model_args, positive_int
+from .common import add_model_args, load_model, positive_int
 
 
 def register(sub):
@@ -23,12 +23,11 @@ def register(sub):
 
 def run(args) -> int:
     from ..generate import generate
-    from ..models import load_fp_pipeline
     from ..utils.io import save_image
 
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise MixDQError(f"--out {args.out}: use a .png, .jpg or .webp file name")
-    pipe = load_fp_pipeline(args.model, args.device, args.dtype)
+    pipe = load_model(args)
     image = generate(pipe, [args.prompt], steps=args.steps, guidance=args.guidance,
                      resolution=args.resolution, seed=args.seed)[0]
     save_image(image, args.out)

@@ -61,7 +61,8 @@ def resolve_model(model: str) -> str:
 
 
 def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | None = None,
-                     dtype: str | torch.dtype | None = None, guard: bool = True):
+                     dtype: str | torch.dtype | None = None, guard: bool = True,
+                     lora: str | None = None, lora_scale: float = 1.0):
     """Load a full-precision SDXL-style pipeline under the precision policy.
 
     Args:
@@ -70,6 +71,11 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
         dtype: compute dtype request; see :func:`quant.precision.resolve_dtype`.
         guard: attach a :class:`PrecisionGuard` (input casting, NaN checks) as
             ``pipe.mixdq_guard``.
+        lora: a LoRA (file, folder or Hub id that ``pipe.load_lora_weights`` reads) to fuse into
+            the weights before anything else. Quantization works on the fused weights, so a
+            LoRA must be fused before quantizing and the same LoRA given again when the
+            quantized checkpoint is loaded (the checkpoint's UNet fingerprint checks this).
+        lora_scale: strength of the fused LoRA.
 
     Returns:
         A ``diffusers.StableDiffusionXLPipeline`` on ``device`` with the progress bar disabled.
@@ -92,8 +98,28 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
     except (OSError, ValueError) as e:
         raise MixDQError(f"--model {model}: could not load the pipeline: "
                          f"{str(e).splitlines()[0]}") from e
+    if lora is not None:
+        fuse_lora(pipe, lora, lora_scale)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if guard:
         pipe.mixdq_guard = PrecisionGuard(pipe)
     return pipe
+
+
+def fuse_lora(pipe, lora: str, scale: float = 1.0) -> None:
+    """Load a LoRA, fuse it into the pipeline's weights and drop the adapter modules.
+
+    Raises:
+        MixDQError: ``peft`` missing, or the LoRA cannot be read or does not fit the model.
+    """
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise MixDQError("--lora needs the peft package: pip install 'mixdq[lora]'") from None
+    try:
+        pipe.load_lora_weights(lora, adapter_name="mixdq_lora")
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise MixDQError(f"--lora {lora}: could not load it ({str(e).splitlines()[0]})") from e
+    pipe.fuse_lora(lora_scale=scale, adapter_names=["mixdq_lora"])
+    pipe.unload_lora_weights()
