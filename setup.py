@@ -51,7 +51,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["quant", "quant.*"]) + ["quant.configs"],
     package_dir={"quant.configs": "configs"},
-    package_data={"quant.configs": ["*.json", "*.yaml"]},
+    package_data={"quant.configs": ["*.json", "*.yaml", "prompts/*"]},
     install_requires=[
         "torch>=2.2",
         "diffusers>=0.30",
