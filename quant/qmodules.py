@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bitmap import check_bits
+from .bos import full_precision_row
 from .errors import MixDQError
 from .quantizer import (WEIGHT_SCALES, act_qparams, dequantize_weight, fake_quantize_act,
                         quantize_weight, weight_scale)
@@ -228,9 +229,7 @@ class QuantLayer:
 
     def set_bos_input(self, row: torch.Tensor) -> None:
         """Precompute the full-precision output of the BOS token from its input ``row`` ``[D]``."""
-        w = self.weight.detach().float()
-        b = None if self.bias is None else self.bias.detach().float()
-        self.bos_row = F.linear(row.detach().float().reshape(1, -1), w, b)[0]
+        self.bos_row = full_precision_row(self.weight, self.bias, row)
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.active_a_bits

@@ -83,3 +83,19 @@ def test_without_bos_the_first_row_is_quantized(session_pipe, outlier_batches):
     with torch.no_grad():
         assert not torch.equal(layer(text)[:, 0], fp_layers[name](text)[:, 0])
         run_unet(unet, outlier_batches[0])
+
+
+def test_bos_observer_tolerance():
+    from quant.bos import BosObserver
+    from quant.errors import MixDQError
+
+    row = torch.linspace(-400, 300, 16)
+    obs = BosObserver()
+    obs.update(row.expand(3, -1))
+    obs.update((row * (1 + 1e-5)).expand(2, -1))  # float noise between kernels is fine
+    assert torch.equal(obs.constant_row("x"), row)
+    obs.update(torch.stack([row, row.flip(0)]))
+    with pytest.raises(MixDQError, match="layer x: the first \\(BOS\\) token's text embedding"):
+        obs.constant_row("x")
+    with pytest.raises(MixDQError, match="layer y: no BOS row was observed"):
+        BosObserver().constant_row("y")
