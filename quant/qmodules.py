@@ -113,7 +113,9 @@ class QuantLayer:
     def set_bits(self, w=KEEP, a=KEEP) -> None:
         """Change the weight and/or activation bits (``None`` = floating point).
 
-        Cheap: quantized weights are cached per bit width, nothing is re-created.
+        Cheap: integer weights are cached per bit width (one byte per parameter each, until
+        :meth:`clear_cache`), nothing is re-created; only the dequantized weight of the bits in
+        use is kept.
 
         Raises:
             MixDQError: an unsupported bit width, naming this layer.
@@ -121,6 +123,8 @@ class QuantLayer:
         if w is not KEEP:
             check_bits(w, "weight", self.layer_name)
             self.w_bits = w
+            if w != self._w_hat_bits:
+                self._w_hat = self._w_hat_bits = None
         if a is not KEEP:
             check_bits(a, "activation", self.layer_name)
             self.a_bits = a

@@ -18,6 +18,10 @@ from quant.structure import quantizable_layers
 
 
 def main():
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="UNet config.json (default: SDXL's)")
     p.add_argument("--bits", type=int, nargs="+", default=[4, 8])

@@ -12,6 +12,10 @@ from quant.report import Setting, format_sqnr_table, sqnr_table
 
 
 def main():
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
     p.add_argument("--calib", required=True, help="folder written by `mixdq calibrate`")
