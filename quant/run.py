@@ -228,7 +228,7 @@ def plan(config: RunConfig, out: Path) -> list[Stage]:
         stages.append(Stage(f"quantize {v.name}", folder,
                             ["quantize", *model, "--calib", str(calib), *qflags,
                              "--out", str(qdir)], [qdir / "quant_config.json"]))
-        quantized += ["--quantized", str(qdir)]
+        quantized += ["--quantized", f"{v.name}={qdir}"]
     if config.benchmark is not None:
         bench = out / "benchmark"
         stages.append(Stage("benchmark", bench,

@@ -61,14 +61,14 @@ def markdown(report: dict) -> str:
     ]
     metric_cols = [c for c in COLUMNS if any(c[1] in v["metrics"] for v in report["variants"])]
     head = (["variant"] + [c[0] for c in metric_cols]
-            + ["UNet latency (ms)", "peak memory (MiB)", "UNet weights (MiB)"])
+            + ["UNet latency (ms)", "peak memory (MiB)", "UNet weights (MiB)", "UNet runs on"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in report["variants"]:
         m, perf = v["metrics"], v.get("perf") or {}
         row = [v["name"] + (" (reference)" if v.get("reference") else "")]
         row += [_cell(m.get(key), fmt) for _, key, fmt in metric_cols]
         row += [_cell(perf.get("latency_ms"), "{:.2f}"), _mib(perf.get("peak_memory_bytes")),
-                _mib(perf.get("weight_bytes"))]
+                _mib(perf.get("weight_bytes")), perf.get("execution", "—")]
         lines.append("| " + " | ".join(row) + " |")
     notes = report.get("notes") or []
     if notes:

@@ -102,8 +102,10 @@ def _perf(pipe, prompts: list[str], config: BenchmarkConfig) -> dict:
     gen = config.generation
     args, kwargs = capture_unet_inputs(pipe, prompts[0], resolution=gen.resolution,
                                        guidance=gen.guidance, seed=gen.seed)
-    return measure_unet(pipe, args, kwargs, repeats=config.latency_repeats,
+    perf = measure_unet(pipe, args, kwargs, repeats=config.latency_repeats,
                         warmup=config.latency_warmup, cuda_graphs=config.cuda_graphs).to_dict()
+    perf["execution"] = getattr(pipe, "mixdq_execution", "full precision")
+    return perf
 
 
 def run_benchmark(variants: list[Variant], prompts: list[str], config: BenchmarkConfig, *,

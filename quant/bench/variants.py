@@ -45,18 +45,22 @@ def _dtype_name(device, dtype) -> str:
     return str(resolve_dtype(device, dtype)).replace("torch.", "")
 
 
-def fp_variant(model: str, device=None, dtype=None, name: str = "fp") -> Variant:
+def fp_variant(model: str, device=None, dtype=None, name: str = "fp", lora: str | None = None,
+               lora_scale: float = 1.0) -> Variant:
     """The full-precision pipeline of ``model`` (the reference).
 
     Args:
         model: Hub id, local diffusers folder or ``"tiny"``.
         device, dtype: as in :func:`quant.models.load_fp_pipeline`.
         name: column name.
+        lora, lora_scale: a LoRA fused into the model first.
     """
     from ..models import load_fp_pipeline
 
-    return Variant(name=name, load=lambda: load_fp_pipeline(model, device, dtype),
-                   source={"model": model, "dtype": _dtype_name(device, dtype)}, reference=True)
+    return Variant(name=name, load=lambda: load_fp_pipeline(model, device, dtype, lora=lora,
+                                                            lora_scale=lora_scale),
+                   source={"model": model, "dtype": _dtype_name(device, dtype), "lora": lora},
+                   reference=True)
 
 
 def variant_name(quant_dir: str | Path) -> str:
@@ -67,7 +71,8 @@ def variant_name(quant_dir: str | Path) -> str:
 
 
 def quantized_variant(model: str, quant_dir: str | Path, device=None, dtype=None,
-                      name: str | None = None) -> Variant:
+                      name: str | None = None, execution: str = "auto", lora: str | None = None,
+                      lora_scale: float = 1.0) -> Variant:
     """``model``'s pipeline with the UNet loaded from the quantized folder ``quant_dir``.
 
     Args:
@@ -75,6 +80,9 @@ def quantized_variant(model: str, quant_dir: str | Path, device=None, dtype=None
         quant_dir: a folder written by ``mixdq quantize``.
         device, dtype: as in :func:`quant.models.load_fp_pipeline`.
         name: column name; default the folder's base name.
+        execution: as in :func:`quant.load_pipeline` (integer kernels when available, or
+            simulation); the pipeline's ``mixdq_execution`` says which ran.
+        lora, lora_scale: the LoRA fused before the checkpoint was made.
 
     Raises:
         MixDQError: the folder does not exist or is not a quantized checkpoint.
@@ -87,17 +95,15 @@ def quantized_variant(model: str, quant_dir: str | Path, device=None, dtype=None
     read_config(quant_dir)  # a broken folder fails now, not after the other variants ran
 
     def load():
-        from ..checkpoint import load_quantized
-        from ..models import load_fp_pipeline
+        from ..api import load_pipeline
 
-        pipe = load_fp_pipeline(model, device, dtype)
-        load_quantized(pipe.unet, quant_dir)
-        return pipe
+        return load_pipeline(model, quant_dir, device=device, dtype=dtype, execution=execution,
+                             lora=lora, lora_scale=lora_scale)
 
     return Variant(name=name or variant_name(quant_dir), load=load,
                    source={"model": model, "quantized": str(quant_dir.resolve()),
                            "checkpoint_sha256": _file_sha256(quant_dir / WEIGHTS_FILE),
-                           "dtype": _dtype_name(device, dtype)})
+                           "dtype": _dtype_name(device, dtype), "lora": lora})
 
 
 def _file_sha256(path: Path) -> str:

@@ -7,6 +7,8 @@ Generates with the full-precision pipeline and every ``--quantized`` folder on t
 
 from __future__ import annotations
 
+import re
+
 from .common import add_model_args, positive_int
 
 
@@ -14,8 +16,12 @@ def register(sub):
     p = sub.add_parser("benchmark", help="compare full-precision and quantized pipelines "
                        "(FID, CLIPScore, PSNR/SSIM, latency, memory)")
     add_model_args(p)
-    p.add_argument("--quantized", action="append", default=[], metavar="QUANT_DIR",
-                   help="a folder written by `mixdq quantize` (repeat for several)")
+    p.add_argument("--quantized", action="append", default=[], metavar="[NAME=]QUANT_DIR",
+                   help="a folder written by `mixdq quantize` (repeat for several); NAME= sets "
+                   "its column name (default: the folder's name)")
+    p.add_argument("--execution", choices=("auto", "kernels", "simulate"), default="auto",
+                   help="quantized UNets on the integer kernels (auto: when available) or in "
+                   "simulation")
     p.add_argument("--prompts", metavar="SOURCE",
                    help="COCO caption .json, .csv/.tsv with a text column (e.g. COCO-30k), "
                         ".txt (one per line), hf:NAME[:SPLIT], or a folder saved with datasets")
@@ -72,6 +78,17 @@ def _prompts(args) -> tuple[list[str], str]:
     return prompt_set.prompts, prompt_set.summary()
 
 
+def _named(item: str) -> tuple[str | None, str]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain ``DIR`` (even one containing '=') -> (None, DIR)."""
+    from pathlib import Path
+
+    name, sep, path = item.partition("=")
+    if sep and name and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) \
+            and not Path(item).exists():
+        return name, path
+    return None, item
+
+
 def run(args) -> int:
     from ..bench import (BenchmarkConfig, GenerationSettings, fp_variant, init_shard,
                          quantized_variant, run_benchmark)
@@ -93,8 +110,12 @@ def run(args) -> int:
         import torch
 
         device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
-    variants = [fp_variant(args.model, device, args.dtype)]
-    variants += [quantized_variant(args.model, q, device, args.dtype) for q in args.quantized]
+    lora = dict(lora=args.lora, lora_scale=args.lora_scale)
+    variants = [fp_variant(args.model, device, args.dtype, **lora)]
+    for item in args.quantized:
+        name, quant_dir = _named(item)
+        variants.append(quantized_variant(args.model, quant_dir, device, args.dtype, name=name,
+                                          execution=args.execution, **lora))
     try:
         report = run_benchmark(variants, prompts, config, shard=shard, prompts_source=source)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_args, positive_int
+from .common import add_model_args, load_model, positive_int
 
 
 def register(sub):
@@ -39,7 +39,6 @@ def run(args) -> int:
     from ..calib.prompts import read_prompts
     from ..calib.record import finished_run, record_calibration
     from ..calib.store import CalibrationData
-    from ..models import load_fp_pipeline
 
     prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,
                               shuffle=args.shuffle, seed=args.shuffle_seed, split=args.split)
@@ -49,7 +48,7 @@ def run(args) -> int:
     if finished_run(args.out, prompt_set.prompts, **settings):
         print(f"{args.out} already holds this calibration; nothing to do")
         return 0
-    pipe = load_fp_pipeline(args.model, args.device, args.dtype)
+    pipe = load_model(args)
     source = {**prompt_set.describe(), "column": args.column, "shuffle": args.shuffle,
               "shuffle_seed": args.shuffle_seed}
     out = record_calibration(pipe, prompt_set.prompts, args.out, progress=not args.no_progress,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, positive_int
+from .common import add_model_args, load_model, positive_int
 
 
 def bits_arg(text: str) -> int | None:
@@ -50,7 +50,6 @@ def run(args) -> int:
     from ..calib import CalibrationData
     from ..checkpoint import save_quantized
     from ..errors import MixDQError
-    from ..models import load_fp_pipeline
     from ..quantize import output_sqnr, quantize_unet
     from ..report import quantization_report
     from ..structure import quantizable_layers
@@ -63,7 +62,7 @@ def run(args) -> int:
     check_bits(args.w_bits, "weight")
     check_bits(args.a_bits, "activation")
     data = CalibrationData(args.calib)
-    pipe = load_fp_pipeline(args.model, args.device, args.dtype)
+    pipe = load_model(args)
     unet = pipe.unet
     if args.bit_map:
         bit_map = BitMap.load(args.bit_map)
