@@ -139,7 +139,7 @@ def cost_range(table: SensitivityTable, target: str, config: AllocConfig,
 
 
 def allocate_target(table: SensitivityTable, target: str, budget: Budget,
-                    config: AllocConfig = AllocConfig(), protected: Iterable[str] = (),
+                    config: AllocConfig | None = None, protected: Iterable[str] = (),
                     score: ScoreFn | None = None) -> ProgramResult:
     """Allocate the bits of one target within ``budget``.
 
@@ -147,7 +147,7 @@ def allocate_target(table: SensitivityTable, target: str, budget: Budget,
         table: the sensitivity table.
         target: ``weight`` or ``act``.
         budget: average bits or megabytes; inclusive.
-        config: candidates, mode, metric and normalisation.
+        config: candidates, mode, metric and normalisation (default :class:`AllocConfig`).
         protected: activation layers kept in floating point (ignored for weights).
         score: split mode only: ``score(target, bits)`` rates each candidate allocation, lower
             is better (for example the pixel MSE of images made with it); default: the joint
@@ -162,6 +162,7 @@ def allocate_target(table: SensitivityTable, target: str, budget: Budget,
     """
     if target not in ("weight", "act"):
         raise MixDQError(f"target must be weight or act, got {target!r}")
+    config = config or AllocConfig()
     protected = list(protected)
     table.check_candidates(target, config.candidates(target), config.content_metric)
     obj = Objective(table, target, config, protected)
@@ -187,7 +188,7 @@ def allocate_target(table: SensitivityTable, target: str, budget: Budget,
 
 
 def allocate(table: SensitivityTable, weight_budget: Budget, act_budget: Budget,
-             config: AllocConfig = AllocConfig(), protected: Iterable[str] = (),
+             config: AllocConfig | None = None, protected: Iterable[str] = (),
              score: ScoreFn | None = None) -> Allocation:
     """Allocate weights and activations and build the bit map (every layer of the table).
 
@@ -199,6 +200,7 @@ def allocate(table: SensitivityTable, weight_budget: Budget, act_budget: Budget,
     Returns:
         An :class:`Allocation`; ``bit_map`` has ``a=None`` for protected layers.
     """
+    config = config or AllocConfig()
     protected = list(protected)
     w = allocate_target(table, "weight", weight_budget, config, protected, score)
     a = allocate_target(table, "act", act_budget, config, protected, score)

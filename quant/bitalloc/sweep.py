@@ -18,7 +18,7 @@ FRONT_COLUMNS = ("target", "budget_bits", "avg_bits", "mb", "predicted_loss",
                  "predicted_sqnr_db", "predicted_ssim", "status", "solve_s", "pareto")
 
 
-def sweep(table: SensitivityTable, target: str, config: AllocConfig = AllocConfig(),
+def sweep(table: SensitivityTable, target: str, config: AllocConfig | None = None,
           protected: Iterable[str] = (), points: int = 17) -> list[ProgramResult]:
     """Allocate ``target`` at ``points`` average-bit budgets spread evenly over its feasible range.
 
@@ -36,6 +36,7 @@ def sweep(table: SensitivityTable, target: str, config: AllocConfig = AllocConfi
 
     if points < 2:
         raise MixDQError(f"a sweep needs at least 2 points, got {points}")
+    config = config or AllocConfig()
     protected = list(protected)
     table.check_candidates(target, config.candidates(target), config.content_metric)
     lo, hi, total = cost_range(table, target, config, protected)
