@@ -120,11 +120,11 @@ class ProgramResult:
 
 @dataclasses.dataclass
 class Allocation:
-    """Both programs and the bit map they make."""
+    """Both programs and the bit map they make; a side not allocated is ``None`` (float)."""
 
     bit_map: BitMap
-    weight: ProgramResult
-    act: ProgramResult
+    weight: ProgramResult | None
+    act: ProgramResult | None
 
 
 def cost_range(table: SensitivityTable, target: str, config: AllocConfig,
@@ -187,24 +187,35 @@ def allocate_target(table: SensitivityTable, target: str, budget: Budget,
                          seconds, ratio, solves)
 
 
-def allocate(table: SensitivityTable, weight_budget: Budget, act_budget: Budget,
+def allocate(table: SensitivityTable, weight_budget: Budget | None, act_budget: Budget | None,
              config: AllocConfig | None = None, protected: Iterable[str] = (),
              score: ScoreFn | None = None) -> Allocation:
     """Allocate weights and activations and build the bit map (every layer of the table).
 
     Args:
         table, config, protected, score: as for :func:`allocate_target`.
-        weight_budget: the weights' budget (average bits or MB).
-        act_budget: the activations' budget (average bits; protected layers count as 16).
+        weight_budget: the weights' budget (average bits or MB); ``None`` leaves every weight in
+            floating point (an activation-only map).
+        act_budget: the activations' budget (average bits; protected layers count as 16);
+            ``None`` leaves every activation in floating point (a weight-only map, W4A16 style).
 
     Returns:
         An :class:`Allocation`; ``bit_map`` has ``a=None`` for protected layers.
+
+    Raises:
+        MixDQError: as :func:`allocate_target`, or no budget at all.
     """
+    if weight_budget is None and act_budget is None:
+        raise MixDQError("give a weight budget, an activation budget, or both")
     config = config or AllocConfig()
     protected = list(protected)
-    w = allocate_target(table, "weight", weight_budget, config, protected, score)
-    a = allocate_target(table, "act", act_budget, config, protected, score)
-    bit_map = BitMap({n: LayerBits(w.bits[n], a.bits[n]) for n in table.layers})
+    w = a = None
+    if weight_budget is not None:
+        w = allocate_target(table, "weight", weight_budget, config, protected, score)
+    if act_budget is not None:
+        a = allocate_target(table, "act", act_budget, config, protected, score)
+    bit_map = BitMap({n: LayerBits(w.bits[n] if w else None, a.bits[n] if a else None)
+                      for n in table.layers})
     return Allocation(bit_map, w, a)
 
 

@@ -6,12 +6,14 @@ here, so that a bad file fails with one line naming the row or the layer:
 
 - the seven columns exist; ``target`` is ``weight`` or ``act``; ``group`` is ``content`` or
   ``quality`` and the same on every row of a layer; ``bits`` is a bit width the bit map supports;
-- ``sqnr_db`` is a finite number on every row, ``ssim`` is empty or a finite number in [-1, 1];
+- ``sqnr_db`` is a finite number on every row, ``ssim`` is empty or a finite number in [-1, 1]
+  (values up to 1e-4 outside, float rounding, are clipped);
 - ``size`` is a positive integer, the same on every row of one (layer, target);
 - no (layer, target, bits) appears twice;
-- every layer has rows for **both** targets. A layer measured for one side only is an error rather
-  than a silent default: the bit map must give every layer a weight and an activation width, and
-  inventing one would hide a sensitivity run that stopped half way.
+- every layer has rows for the same targets. A table may hold both targets or only one (a
+  weight-only run, for W4A16-style maps: the other side is then not allocated and stays floating
+  point). A layer measured for one side when the others have both is an error rather than a
+  silent default: inventing its missing side would hide a sensitivity run that stopped half way.
 
 Whether every layer has a row for each *candidate* bit width depends on the allocation settings,
 so that is checked by :meth:`SensitivityTable.check_candidates`.
@@ -33,6 +35,7 @@ from ..utils.io import write_text
 COLUMNS = ("layer", "group", "target", "bits", "sqnr_db", "ssim", "size")
 TARGETS = ("weight", "act")
 GROUPS = ("content", "quality")
+SSIM_SLACK = 1e-4
 
 
 @dataclasses.dataclass
@@ -109,8 +112,11 @@ class SensitivityTable:
                 raise MixDQError(f"{where}: size must be positive, got {size}")
             sqnr = _float(row["sqnr_db"], "sqnr_db", where)
             ssim = None if not (row["ssim"] or "").strip() else _float(row["ssim"], "ssim", where)
-            if ssim is not None and not -1.0 <= ssim <= 1.0:
-                raise MixDQError(f"{where}: ssim {ssim} is outside [-1, 1]")
+            if ssim is not None:
+                # float32 SSIM of identical images can come out as 1.0000001: tolerate rounding.
+                if not -1.0 - SSIM_SLACK <= ssim <= 1.0 + SSIM_SLACK:
+                    raise MixDQError(f"{where}: ssim {ssim} is outside [-1, 1]")
+                ssim = min(1.0, max(-1.0, ssim))
             m = entries.setdefault((layer, target), Measurement(layer, group, target, size))
             if m.size != size:
                 raise MixDQError(f"{where}: layer {layer} ({target}) has size {size} here but "
@@ -124,19 +130,28 @@ class SensitivityTable:
             layers[layer] = None
         if not entries:
             raise MixDQError(f"{source}: no rows")
+        present = {target for _, target in entries}
         for layer in layers:
-            for target in TARGETS:
+            for target in sorted(present):
                 if (layer, target) not in entries:
                     other = TARGETS[1 - TARGETS.index(target)]
                     raise MixDQError(f"{source}: layer {layer} has {other} rows but no {target} "
-                                     f"rows; every layer needs both")
+                                     f"rows, unlike other layers; every layer needs the same "
+                                     f"targets")
         return cls(list(layers), entries, source)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The targets the table measures: ``("weight", "act")``, or one of them."""
+        present = {target for _, target in self.entries}
+        return tuple(t for t in TARGETS if t in present)
 
     def get(self, layer: str, target: str) -> Measurement:
         return self.entries[(layer, target)]
 
     def group(self, layer: str) -> str:
-        return self.entries[(layer, "weight")].group
+        m = self.entries.get((layer, "weight")) or self.entries[(layer, "act")]
+        return m.group
 
     def check_candidates(self, target: str, candidates: Mapping[str, Iterable[int]],
                          content_metric: str = "sqnr") -> None:
@@ -148,8 +163,12 @@ class SensitivityTable:
             content_metric: ``ssim`` requires an SSIM value on each content layer's candidates.
 
         Raises:
-            MixDQError: naming the first layer that lacks a candidate.
+            MixDQError: naming the first layer that lacks a candidate, or the target when the
+                table has no rows for it at all.
         """
+        if target not in self.targets:
+            raise MixDQError(f"{self.source} has no {target} rows: it cannot allocate "
+                             f"{target} bits (leave that side in floating point)")
         for layer in self.layers:
             m = self.get(layer, target)
             for bits in candidates[m.group]:
@@ -166,7 +185,7 @@ class SensitivityTable:
         """The table as CSV rows (dicts with :data:`COLUMNS` keys), layers in order."""
         out = []
         for layer in self.layers:
-            for target in TARGETS:
+            for target in self.targets:
                 m = self.get(layer, target)
                 for bits in sorted(m.sqnr_db):
                     ssim = m.ssim.get(bits)

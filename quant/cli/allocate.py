@@ -17,11 +17,14 @@ def register(sub):
     p.add_argument("--sensitivity", required=True, metavar="SENS.csv",
                    help="table written by 'mixdq sensitivity'")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--weight-bits", metavar="W", help="weight budget: average bits, e.g. 4.0")
+    budget.add_argument("--weight-bits", metavar="W",
+                        help="weight budget: average bits, e.g. 4.0 (omitted: weights stay "
+                        "floating point)")
     budget.add_argument("--weight-mb", metavar="MB",
                         help="weight budget: megabytes of integer weights (sum params*bits/8e6)")
     p.add_argument("--act-bits", metavar="A",
-                   help="activation budget: average bits (protected layers count as 16)")
+                   help="activation budget: average bits, protected layers counting as 16 "
+                   "(omitted: activations stay floating point)")
     p.add_argument("--protect", metavar="FILE",
                    help="activation layers to keep in floating point, one name per line")
     p.add_argument("--out", required=True,
@@ -63,7 +66,7 @@ def run(args) -> int:
     protected = read_protect_list(args.protect, table.layers) if args.protect else []
 
     if args.sweep:
-        fronts = {t: sweep(table, t, config, protected, args.points) for t in ("weight", "act")}
+        fronts = {t: sweep(table, t, config, protected, args.points) for t in table.targets}
         png = write_front(out, fronts)
         for target, results in fronts.items():
             lo, hi = results[0], results[-1]
@@ -75,7 +78,11 @@ def run(args) -> int:
         return 0
 
     result = allocate(table, weight, act, config, protected)
-    for r in (result.weight, result.act):
+    for target, r in (("weight", result.weight), ("act", result.act)):
+        if r is None:
+            flag = "--weight-bits/--weight-mb" if target == "weight" else "--act-bits"
+            print(f"{target}: not allocated (no {flag}): every {target} stays floating point")
+            continue
         print(r.summary())
         widest = cost_range(table, r.target, config, protected)[1]
         if r.budget.capacity(r.total_size) > widest:
@@ -107,13 +114,12 @@ def _config(args):
 def _budgets(args):
     from ..bitalloc import Budget
 
-    if args.weight_bits is None and args.weight_mb is None:
-        raise MixDQError("give a weight budget: --weight-bits W or --weight-mb MB")
-    if args.act_bits is None:
-        raise MixDQError("give an activation budget: --act-bits A")
+    if args.weight_bits is None and args.weight_mb is None and args.act_bits is None:
+        raise MixDQError("give a budget: --weight-bits W (or --weight-mb MB) and/or --act-bits A")
     weight = (Budget.bits(args.weight_bits) if args.weight_bits is not None
-              else Budget.megabytes(args.weight_mb))
-    return weight, Budget.bits(args.act_bits)
+              else Budget.megabytes(args.weight_mb) if args.weight_mb is not None else None)
+    act = Budget.bits(args.act_bits) if args.act_bits is not None else None
+    return weight, act
 
 
 def _candidates(items: list[str], field: str) -> dict[str, list[int]]:

@@ -179,3 +179,14 @@ def test_config_validation():
         AllocConfig.from_dict({"budget": 4})
     cfg = AllocConfig(mode="split", content_metric="sqnr")
     assert AllocConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_one_side_only(make_table):
+    table = make_table(6, layers=4)
+    w_only = allocate(table, Budget.bits("4"), None)
+    assert w_only.act is None and {lb.a for lb in w_only.bit_map.layers.values()} == {None}
+    assert all(w_only.bit_map[n].w == w_only.weight.bits[n] for n in table.layers)
+    a_only = allocate(table, None, Budget.bits("6"))
+    assert a_only.weight is None and {lb.w for lb in a_only.bit_map.layers.values()} == {None}
+    with pytest.raises(MixDQError, match="give a weight budget, an activation budget, or both"):
+        allocate(table, None, None)

@@ -72,8 +72,7 @@ def test_sweep_writes_csv_and_png(sens, tmp_path, capsys):
      "weight budget 1 average bits cannot be met: allocations range from "),
     (["--weight-bits", "4", "--act-bits", "3"], "act budget 3 average bits cannot be met"),
     (["--weight-bits", "four", "--act-bits", "8"], "budget 'four' is not a number"),
-    (["--act-bits", "8"], "give a weight budget"),
-    (["--weight-bits", "4"], "give an activation budget"),
+    ([], "give a budget: --weight-bits W (or --weight-mb MB) and/or --act-bits A"),
     (["--weight-bits", "4", "--act-bits", "8", "--weight-candidates", "quality=3,4"],
      r"has no row for candidate 3 bits"),
     (["--weight-bits", "4", "--act-bits", "8", "--act-candidates", "style=4"],
@@ -98,3 +97,21 @@ def test_bad_table_and_out_name(tmp_path, capsys):
     assert main(["allocate", "--sensitivity", str(bad), "--weight-bits", "4", "--act-bits", "8",
                  "--out", str(tmp_path / "m.txt")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_weight_only_table_gives_float_activations(make_table, tmp_path, capsys):
+    table = make_table(5, layers=6)
+    table.entries = {k: v for k, v in table.entries.items() if k[1] == "weight"}
+    path = tmp_path / "weights.csv"
+    table.write(path)
+    out = tmp_path / "w4a16.json"
+    assert main(["allocate", "--sensitivity", str(path), "--weight-bits", "4",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "act: not allocated (no --act-bits): every act stays floating point" in text
+    bit_map = BitMap.load(out)
+    assert {lb.a for lb in bit_map.layers.values()} == {None}
+    assert None not in {lb.w for lb in bit_map.layers.values()}
+    assert main(["allocate", "--sensitivity", str(path), "--weight-bits", "4", "--act-bits", "8",
+                 "--out", str(out)]) == 2
+    assert "has no act rows: it cannot allocate act bits" in capsys.readouterr().err

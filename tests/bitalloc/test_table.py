@@ -32,6 +32,13 @@ def test_reads_rows_in_order_and_round_trips(tmp_path):
     assert back.source == str(tmp_path / "s.csv")
 
 
+def test_ssim_rounding_is_clipped():
+    t = parse("conv_in,quality,weight,8,50,1.0000001192092896,432\n"
+              "conv_in,quality,act,8,50,-1.00001,432\n")
+    assert t.get("conv_in", "weight").ssim == {8: 1.0}
+    assert t.get("conv_in", "act").ssim == {8: -1.0}
+
+
 def test_extra_columns_are_ignored():
     body = "".join(line + ",x\n" for line in GOOD.splitlines())
     t = parse(body, header=HEADER.strip() + ",note\n")
@@ -58,13 +65,22 @@ def test_extra_columns_are_ignored():
      r"line 3: layer conv_in \(weight\) has size 433 here but 432"),
     ("conv_in,quality,weight,8,50,,432\nconv_in,content,act,8,51,,4\n",
      r"line 3: layer conv_in is in group content here but quality"),
-    ("conv_in,quality,weight,8,50,,432\n", r"layer conv_in has weight rows but no act rows"),
+    ("conv_in,quality,weight,8,50,,432\nconv_in,quality,act,8,50,,4\n"
+     "conv_out,quality,weight,8,50,,432\n", r"layer conv_out has weight rows but no act rows"),
     ("", r"S.csv: no rows"),
 ])
 def test_bad_rows_are_one_line_errors(body, message):
     with pytest.raises(MixDQError, match=message) as exc:
         parse(body)
     assert "\n" not in str(exc.value)
+
+
+def test_single_target_table():
+    t = parse("conv_in,quality,weight,8,50,,432\nconv_out,quality,weight,8,40,,432\n")
+    assert t.targets == ("weight",) and t.group("conv_out") == "quality"
+    assert [r["target"] for r in t.rows()] == ["weight", "weight"]
+    with pytest.raises(MixDQError, match="S.csv has no act rows"):
+        t.check_candidates("act", {"content": (8,), "quality": (8,)})
 
 
 def test_missing_column_and_file(tmp_path):
