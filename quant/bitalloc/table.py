@@ -178,8 +178,8 @@ class SensitivityTable:
                                      f"no row for candidate {bits} bits (has {have})")
                 if content_metric == "ssim" and m.group == "content" and bits not in m.ssim:
                     raise MixDQError(f"{self.source}: layer {layer} ({target}, content) has no "
-                                     f"ssim at {bits} bits; measure it or use content metric "
-                                     f"sqnr")
+                                     f"ssim at {bits} bits; measure it, or use the content "
+                                     f"metric sqnr (--content-metric sqnr)")
 
     def rows(self) -> list[dict]:
         """The table as CSV rows (dicts with :data:`COLUMNS` keys), layers in order."""

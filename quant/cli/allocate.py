@@ -37,7 +37,7 @@ def register(sub):
                    help="metric of the content group (default ssim)")
     p.add_argument("--normalize", choices=["group", "none"], default=None,
                    help="joint mode: per-group loss normalisation (default group)")
-    p.add_argument("--content-weight", type=float, default=None,
+    p.add_argument("--content-weight", type=float, default=None, metavar="X",
                    help="joint mode: weight of the content group's loss (default 1)")
     p.add_argument("--weight-candidates", nargs="+", metavar="GROUP=BITS", default=None,
                    help="e.g. content=2,4,8 quality=4,8 (the default)")
@@ -46,7 +46,8 @@ def register(sub):
     p.add_argument("--sweep", action="store_true",
                    help="instead of one bit map, sweep each target's budget over its feasible "
                    "range and write the Pareto front (CSV + PNG)")
-    p.add_argument("--points", type=int, default=17, help="budgets per target in --sweep")
+    p.add_argument("--points", type=int, default=17, metavar="N",
+                   help="budgets per target in --sweep (default 17)")
     return p
 
 

@@ -169,6 +169,8 @@ def test_prediction_adds_noise_powers(make_table):
 def test_config_validation():
     with pytest.raises(MixDQError, match="unsupported weight bit width 1"):
         AllocConfig(weight_candidates={"content": (1, 4), "quality": (4,)})
+    with pytest.raises(MixDQError, match="group content needs a list of bit widths, got 4"):
+        AllocConfig(weight_candidates={"content": 4, "quality": (4,)})
     with pytest.raises(MixDQError, match="exactly the groups"):
         AllocConfig(act_candidates={"content": (4, 8)})
     with pytest.raises(MixDQError, match="mode must be one of joint, split"):
