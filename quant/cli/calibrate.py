@@ -1,9 +1,59 @@
-"""`mixdq calibrate`: not built yet."""
+"""`mixdq calibrate`: run the full-precision pipeline on prompts and record every UNet call."""
 
-from .common import not_built
+from __future__ import annotations
 
-run = not_built("calibrate")
+import sys
+
+from .common import add_model_args, positive_int
 
 
 def register(sub):
-    return sub.add_parser("calibrate", help="(not built yet)")
+    p = sub.add_parser(
+        "calibrate", help="record UNet inputs/outputs and reference images on prompts",
+        description="Run the full-precision pipeline on calibration prompts and record every "
+        "UNet call (inputs and output), the reference images and a manifest into --out. "
+        "Rerunning the same command resumes an interrupted run; a finished one is left as is.")
+    add_model_args(p)
+    p.add_argument("--prompts", required=True, metavar="SOURCE",
+                   help="COCO caption .json, .csv/.tsv with a text column, .txt (one per line), "
+                        "hf:NAME[:SPLIT], or a folder saved with datasets")
+    p.add_argument("--num-prompts", type=int, default=32,
+                   help="how many prompts to take (default 32)")
+    p.add_argument("--column", default="text", help="text column of a CSV/TSV or dataset")
+    p.add_argument("--split", default=None, help="dataset split (default train)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="take a seeded random sample instead of the first N prompts")
+    p.add_argument("--shuffle-seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    p.add_argument("--steps", type=positive_int, default=1)
+    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image side in pixels (default: the model's native size)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per shard")
+    p.add_argument("--seed", type=int, default=42, help="prompt i uses seed + i")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--out", required=True, metavar="CALIB_DIR", help="calibration folder")
+    return p
+
+
+def run(args) -> int:
+    from ..calib.prompts import read_prompts
+    from ..calib.record import finished_run, record_calibration
+    from ..calib.store import CalibrationData
+    from ..models import load_fp_pipeline
+
+    prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,
+                              shuffle=args.shuffle, seed=args.shuffle_seed, split=args.split)
+    print(prompt_set.summary(), file=sys.stderr)
+    settings = dict(steps=args.steps, guidance=args.guidance, resolution=args.resolution,
+                    batch_size=args.batch_size, seed=args.seed, model_name=args.model)
+    if finished_run(args.out, prompt_set.prompts, **settings):
+        print(f"{args.out} already holds this calibration; nothing to do")
+        return 0
+    pipe = load_fp_pipeline(args.model, args.device, args.dtype)
+    source = {**prompt_set.describe(), "column": args.column, "shuffle": args.shuffle,
+              "shuffle_seed": args.shuffle_seed}
+    out = record_calibration(pipe, prompt_set.prompts, args.out, progress=not args.no_progress,
+                             source=source, **settings)
+    data = CalibrationData(out)
+    print(f"wrote {out}: {len(data.prompts)} prompts, {data.steps} step(s), {len(data)} samples")
+    return 0

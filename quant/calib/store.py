@@ -1,0 +1,282 @@
+"""The calibration folder: its layout, shard files, and the reader the later stages use.
+
+Layout of ``CALIB_DIR`` (written by :func:`quant.calib.record.record_calibration`)::
+
+    settings.json            what was asked for (written first; a resumed run must match it)
+    shards/00000.safetensors the recorded UNet calls of prompt batch 0, 1, ...
+    images/00000.png         the full-precision image of prompt 0, 1, ...
+    manifest.json            written last: its presence means the run is complete
+
+**A sample is one row of a batch the UNet saw**: one prompt at one denoising step. With
+classifier-free guidance the UNet sees each prompt twice per step (the unconditional row, then
+the conditional one), so a prompt contributes ``2 * steps`` samples; ``cond`` tells them apart.
+Inside a shard the rows are in the order the UNet saw them, step by step; shards follow prompt
+order. Tensors are stored in the dtype the UNet saw (fp16 on CUDA, float32 on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from ..errors import MixDQError
+from ..utils.io import write_bytes
+
+FORMAT = "mixdq-calib"
+VERSION = 1
+SETTINGS = "settings.json"
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+IMAGE_DIR = "images"
+ADDED_PREFIX = "added_cond_kwargs."
+# Keys of a batch besides the added conditions; `timestep_cond` only for guidance-embedded models.
+ROW_KEYS = ("sample", "timestep", "encoder_hidden_states", "output", "step", "prompt_index",
+            "cond")
+OPTIONAL_KEYS = ("timestep_cond",)
+UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond")
+
+
+def shard_name(index: int) -> str:
+    """Relative path of shard ``index`` inside a calibration folder."""
+    return f"{SHARD_DIR}/{index:05d}.safetensors"
+
+
+def image_name(prompt_index: int) -> str:
+    """Relative path of the reference image of prompt ``prompt_index``."""
+    return f"{IMAGE_DIR}/{prompt_index:05d}.png"
+
+
+def write_shard(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` as one safetensors file, atomically (bytes depend only on the tensors)."""
+    from safetensors.torch import save
+
+    data = {k: v.detach().to("cpu").contiguous() for k, v in sorted(tensors.items())}
+    write_bytes(path, save(data))
+
+
+def shard_header(path: str | Path) -> dict[str, dict]:
+    """Shapes and dtypes of the tensors in a shard, read without loading them.
+
+    Returns:
+        ``{key: {"shape": [...], "dtype": "F32"...}}``.
+    """
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            piece = f.get_slice(key)
+            out[key] = {"shape": list(piece.get_shape()), "dtype": piece.get_dtype()}
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MixDQError(f"{path}: unreadable calibration file ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise MixDQError(f"{path}: not a mixdq calibration file (format is not {FORMAT!r})")
+    if obj.get("version") != VERSION:
+        raise MixDQError(f"{path}: calibration format version {obj.get('version')} is not "
+                         f"supported (this mixdq reads version {VERSION})")
+    return obj
+
+
+def _steps_arg(steps: int | Iterable[int] | None, total: int) -> list[int]:
+    if steps is None:
+        return list(range(total))
+    wanted = [steps] if isinstance(steps, int) else sorted(set(int(s) for s in steps))
+    bad = [s for s in wanted if not 0 <= s < total]
+    if bad or not wanted:
+        raise MixDQError(f"steps {bad or '[]'} out of range: this calibration has {total} "
+                         f"step(s), numbered 0..{total - 1}")
+    return wanted
+
+
+class CalibrationData:
+    """A finished calibration folder, read lazily shard by shard.
+
+    Args:
+        path: the folder given to ``mixdq calibrate --out``.
+
+    Raises:
+        MixDQError: the folder is missing, malformed, or not finished (then rerun
+            ``mixdq calibrate`` with the same arguments to resume it).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise MixDQError(f"calibration folder {self.path} does not exist")
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            if (self.path / SETTINGS).is_file():
+                raise MixDQError(f"calibration folder {self.path} is incomplete (no {MANIFEST}); "
+                                 f"rerun `mixdq calibrate` with the same arguments to resume it")
+            raise MixDQError(f"{self.path} is not a calibration folder (no {MANIFEST})")
+        self.manifest = _read_json(manifest)
+        try:
+            self.prompts = list(self.manifest["prompts"])
+            self._shards = [(self.path / s["file"], int(s["samples"]))
+                            for s in self.manifest["shards"]]
+            self.image_paths = [self.path / p for p in self.manifest["images"]]
+            self._settings = dict(self.manifest["settings"])
+            self._tensors = dict(self.manifest["tensors"])
+            self._length = int(self.manifest["counts"]["samples"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise MixDQError(f"{manifest}: malformed calibration manifest ({e!r})") from None
+        missing = [p for p, _ in self._shards if not p.is_file()]
+        missing += [p for p in self.image_paths if not p.is_file()]
+        if missing:
+            raise MixDQError(f"calibration folder {self.path} lacks {missing[0].relative_to(self.path)}"
+                             f"; rerun `mixdq calibrate` with the same arguments to restore it")
+        if sum(n for _, n in self._shards) != self._length:
+            raise MixDQError(f"{manifest}: shard sample counts do not add up to "
+                             f"{self._length}")
+
+    # Settings of the run that made the folder.
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    @property
+    def steps(self) -> int:
+        return int(self._settings["steps"])
+
+    @property
+    def guidance(self) -> float:
+        return float(self._settings["guidance"])
+
+    @property
+    def resolution(self) -> int:
+        return int(self._settings["resolution"])
+
+    @property
+    def seed(self) -> int:
+        """Seed of prompt 0; prompt ``i`` used ``seed + i``."""
+        return int(self._settings["seed"])
+
+    @property
+    def cfg(self) -> bool:
+        """Whether the UNet saw classifier-free-guidance batches (two rows per prompt and step)."""
+        return bool(self._settings["cfg"])
+
+    @property
+    def timesteps(self) -> list[float]:
+        """The timestep of each denoising step."""
+        return [float(t) for t in self.manifest["timesteps"]]
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments of :func:`quant.generate.generate` that reproduce the references."""
+        return {"steps": self.steps, "guidance": self.guidance,
+                "resolution": self.resolution, "seed": self.seed}
+
+    def __len__(self) -> int:
+        """Number of samples: recorded UNet rows (prompts x steps, x2 with guidance)."""
+        return self._length
+
+    def count(self, steps: int | Iterable[int] | None = None) -> int:
+        """Number of samples at the given steps (all steps by default)."""
+        wanted = _steps_arg(steps, self.steps)
+        return self._length * len(wanted) // self.steps
+
+    def shapes(self) -> dict[str, list[int]]:
+        """Per-sample shape of each recorded tensor (without the leading sample dimension)."""
+        return {k: list(v["shape"]) for k, v in self._tensors.items()}
+
+    def reference_images(self) -> list:
+        """The full-precision images as PIL images, in prompt order."""
+        from PIL import Image
+
+        images = []
+        for path in self.image_paths:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        return images
+
+    def batches(self, batch_size: int, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32,
+                steps: int | Iterable[int] | None = None) -> Iterator[dict]:
+        """Yield the recorded samples in batches, always in the same order.
+
+        Only one shard and one batch are in memory at a time.
+
+        Args:
+            batch_size: samples per batch (the last batch may be smaller).
+            device: where the tensors go.
+            dtype: floating dtype of ``sample``, ``encoder_hidden_states``, the added
+                conditions and ``output``; ``timestep`` stays float32.
+            steps: a step index or indices to keep (default: every step).
+
+        Returns:
+            An iterator of dicts with ``sample``, ``timestep`` (shape ``[B]``),
+            ``encoder_hidden_states``, ``added_cond_kwargs`` (``text_embeds``, ``time_ids``),
+            ``output``, ``step``, ``prompt_index`` (int64) and ``cond`` (bool: False for the
+            unconditional row of a guided batch), plus ``timestep_cond`` where recorded.
+        """
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise MixDQError(f"batch size must be a positive integer, got {batch_size!r}")
+        wanted = torch.tensor(_steps_arg(steps, self.steps))
+        pending: list[dict[str, torch.Tensor]] = []
+        have = 0
+        for path, _ in self._shards:
+            rows = self._load_shard(path)
+            keep = torch.isin(rows["step"], wanted)
+            if not bool(keep.all()):
+                rows = {k: v[keep] for k, v in rows.items()}
+            pending.append(rows)
+            have += len(rows["step"])
+            while have >= batch_size:
+                merged = _cat(pending)
+                yield _to_batch({k: v[:batch_size] for k, v in merged.items()}, device, dtype)
+                pending = [{k: v[batch_size:] for k, v in merged.items()}]
+                have -= batch_size
+        if have:
+            yield _to_batch(_cat(pending), device, dtype)
+
+    @staticmethod
+    def unet_kwargs(batch: dict) -> dict:
+        """The part of a batch that a diffusers UNet takes: ``unet(**CalibrationData.unet_kwargs(b))``."""
+        return {k: batch[k] for k in UNET_KEYS if k in batch}
+
+    def _load_shard(self, path: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        try:
+            rows = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise MixDQError(f"{path}: unreadable calibration shard ({e})") from None
+        absent = [k for k in ROW_KEYS if k not in rows]
+        if absent:
+            raise MixDQError(f"{path}: calibration shard lacks {absent[0]!r}")
+        return rows
+
+    def __repr__(self) -> str:
+        return (f"CalibrationData({str(self.path)!r}: {len(self.prompts)} prompts, "
+                f"{self.steps} step(s), {len(self)} samples)")
+
+
+def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _to_batch(rows: dict[str, torch.Tensor], device, dtype: torch.dtype) -> dict:
+    batch: dict = {"added_cond_kwargs": {}}
+    for key, value in rows.items():
+        if key == "timestep":
+            value = value.to(device=device, dtype=torch.float32)
+        elif value.is_floating_point():
+            value = value.to(device=device, dtype=dtype)
+        else:
+            value = value.to(device=device)
+        if key.startswith(ADDED_PREFIX):
+            batch["added_cond_kwargs"][key[len(ADDED_PREFIX):]] = value
+        else:
+            batch[key] = value
+    return batch
