@@ -155,6 +155,17 @@ class IntLinear(nn.Module):
         y = self.gemm.matmul(xq, self.weight_scale, self.bias, _out_dtype(x))
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
+    @torch.no_grad()
+    def accumulators(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The exact int32 ``sum_k (x_q - zp) * W_q`` of the GEMM for input ``x`` (one slice).
+
+        For a BOS layer, of tokens 1.. only. Same path as :meth:`forward`, before the epilogue.
+        """
+        if self.bos_row is not None and x.dim() == 3 and x.shape[1] > 1:
+            x = x[:, 1:]
+        xq = self.gemm.quantize(x)
+        return [self.gemm.matmul(xq, self.weight_scale, None, torch.int32)]
+
     def extra_repr(self) -> str:
         storage = "int4" if self.gemm.int4 else "int8"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -198,22 +209,30 @@ class IntConv2d(nn.Module):
         self.register_buffer("weight_scale", weight_scale.float().contiguous())
         self.register_buffer("bias", None if bias is None else bias.float().contiguous())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = _out_dtype(x)
+    def _parts(self, x: torch.Tensor, out_dtype: torch.dtype, bias: bool):
         xs = x.detach().permute(0, 2, 3, 1)  # NHWC view; contiguous if x is channels last
-        y = None
         for i, part in enumerate(self.parts):
             xi = xs if len(self.parts) == 1 else xs[..., part.act.start:part.act.stop]
             xq = part.quantize(xi)
-            bias = self.bias if i == 0 else None
+            b = self.bias if bias and i == 0 else None
             if self.pointwise:
-                yi = part.matmul(xq, self.weight_scale, bias, out_dtype)
+                yield part.matmul(xq, self.weight_scale, b, out_dtype)
             else:
-                yi = part.conv(xq, self.weight_scale, bias, out_dtype, self.stride, self.padding,
-                               self.dilation)
+                yield part.conv(xq, self.weight_scale, b, out_dtype, self.stride, self.padding,
+                                self.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = None
+        for yi in self._parts(x, _out_dtype(x), bias=True):
             y = yi if y is None else y + yi
         y = y.permute(0, 3, 1, 2)
         return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    @torch.no_grad()
+    def accumulators(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The exact int32 accumulators ``[B, OH, OW, out]`` of each input slice's GEMM:
+        ``sum (x_q - zp) * W_q`` over the taps inside the image (zero padding)."""
+        return list(self._parts(x, torch.int32, bias=False))
 
     def extra_repr(self) -> str:
         storage = "int4" if self.parts[0].int4 else "int8"
