@@ -39,7 +39,8 @@ struct TileShape {
 using Tile128x128 = TileShape<128, 128, 64, 2, 2, 4>;  // warp tile 64 x 64
 using Tile64x128 = TileShape<64, 128, 64, 2, 2, 4>;    // warp tile 32 x 64
 using Tile64x64 = TileShape<64, 64, 64, 2, 2, 4>;      // warp tile 32 x 32
-constexpr int kNumTileConfigs = 3;
+using Tile64x32 = TileShape<64, 32, 64, 2, 2, 4>;      // warp tile 32 x 16: most CTAs
+constexpr int kNumTileConfigs = 4;
 
 template <class T, bool CONV, bool B4, class OutT, class Arch>
 struct Gemm {
@@ -54,17 +55,18 @@ struct Gemm {
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES;
   // Loader: each thread copies fixed 16-byte columns of fixed rows, a pass of NT threads at a time.
+  // When a block has fewer chunks than threads (small BN with int4), the last pass is partial.
   static constexpr int A_CPR = BK / 16;               // 16-byte chunks per A row
   static constexpr int A_RPP = NT / A_CPR;            // rows per pass
-  static constexpr int A_PASSES = BM / A_RPP;
+  static constexpr int A_PASSES = (BM + A_RPP - 1) / A_RPP;
   static constexpr int B_CPR = B4 ? BK / 32 : BK / 16;  // 16-byte chunks per B row
   static constexpr int B_RPP = NT / B_CPR;
-  static constexpr int B_PASSES = BN / B_RPP;
+  static constexpr int B_PASSES = (BN + B_RPP - 1) / B_RPP;
 
   static_assert(BK % 32 == 0, "BK must be a multiple of the mma k (32)");
   static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be multiples of 16 x 16");
-  static_assert(NT % A_CPR == 0 && BM % A_RPP == 0, "A loader must tile the A block exactly");
-  static_assert(NT % B_CPR == 0 && BN % B_RPP == 0, "B loader must tile the B block exactly");
+  static_assert(NT % A_CPR == 0 && (BM % A_RPP == 0 || BM < A_RPP), "A loader tiling");
+  static_assert(NT % B_CPR == 0 && (BN % B_RPP == 0 || BN < B_RPP), "B loader tiling");
   static_assert(SA % 16 == 0 && SB % 16 == 0 && STAGE_BYTES % 16 == 0, "16-byte alignment");
 
   static MIXDQ_HD void run(const GemmParams& p, char* smem, int tid, int bm, int bn) {
@@ -81,7 +83,7 @@ struct Gemm {
 #pragma unroll
     for (int i = 0; i < A_PASSES; ++i) {
       const int m = m0 + a_row0 + i * A_RPP;
-      a_ok[i] = m < p.M;
+      a_ok[i] = m < p.M && a_row0 + i * A_RPP < BM;
       const int mm = a_ok[i] ? m : 0;
       if constexpr (CONV) {
         const int per_img = p.OH * p.OW;
@@ -111,6 +113,7 @@ struct Gemm {
 #pragma unroll
         for (int i = 0; i < A_PASSES; ++i) {
           const int ih = a_ih0[i] + r * p.DH, iw = a_iw0[i] + s * p.DW;
+          if (BM < A_RPP && a_row0 + i * A_RPP >= BM) continue;  // partial pass
           const bool ok = a_ok[i] && k_ok && ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
           const int8_t* src =
               ok ? a_ptr[i] + (static_cast<size_t>(ih) * p.W + iw) * p.C + c : p.a;
@@ -119,6 +122,7 @@ struct Gemm {
       } else {
 #pragma unroll
         for (int i = 0; i < A_PASSES; ++i) {
+          if (BM < A_RPP && a_row0 + i * A_RPP >= BM) continue;  // partial pass
           const bool ok = a_ok[i] && k_ok;
           const int8_t* src = ok ? a_ptr[i] + k : p.a;
           Arch::cp_async16(As + (a_row0 + i * A_RPP) * SA + a_col * 16, src, ok);
@@ -127,6 +131,7 @@ struct Gemm {
 #pragma unroll
       for (int i = 0; i < B_PASSES; ++i) {
         const int row = b_row0 + i * B_RPP;
+        if (BN < B_RPP && row >= BN) continue;  // partial pass
         const int n = n0 + row;
         const uint8_t* src;
         bool ok;

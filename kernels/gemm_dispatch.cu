@@ -14,7 +14,8 @@ int choose_gemm_config(int M, int N, int num_sms) {
   };
   if (ctas(128, 128) >= num_sms) return 0;
   if (ctas(64, 128) >= num_sms) return 1;
-  return 2;
+  if (ctas(64, 64) >= num_sms) return 2;
+  return 3;
 }
 
 cudaError_t launch_gemm(const GemmParams& p, bool conv, bool int4, DType out_dtype, int config,

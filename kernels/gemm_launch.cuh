@@ -53,6 +53,8 @@ cudaError_t launch_gemm_kind(const GemmParams& p, bool int4, DType out, int conf
       return launch_tile_variant<Tile64x128, CONV>(p, int4, out, stream);
     case 2:
       return launch_tile_variant<Tile64x64, CONV>(p, int4, out, stream);
+    case 3:
+      return launch_tile_variant<Tile64x32, CONV>(p, int4, out, stream);
     default:
       return cudaErrorInvalidValue;
   }

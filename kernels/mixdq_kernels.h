@@ -19,7 +19,8 @@ cudaError_t launch_quantize(const void* x, DType x_dtype, int8_t* y, int64_t row
 
 // The int8 tensor-core GEMM with the fused epilogue (gemm.cuh). `conv` selects the implicit-GEMM
 // loader over an NHWC image, `int4` the packed-int4 weight path. out_dtype: kHalf or kInt32.
-// config: index into the tile shapes (0: 128x128, 1: 64x128, 2: 64x64) or -1 to choose by shape.
+// config: index into the tile shapes (0: 128x128, 1: 64x128, 2: 64x64, 3: 64x32) or -1 to choose
+// by shape.
 cudaError_t launch_gemm(const GemmParams& p, bool conv, bool int4, DType out_dtype, int config,
                         cudaStream_t stream);
 

@@ -111,6 +111,9 @@ int mixdq_emu_gemm(int conv, int int4, int out_kind, int config, const GemmParam
     case 2:
       mixdq::emu::run_gemm_variant<mixdq::Tile64x64>(launch, *p, conv, int4, out_kind);
       break;
+    case 3:
+      mixdq::emu::run_gemm_variant<mixdq::Tile64x32>(launch, *p, conv, int4, out_kind);
+      break;
     default:
       launch.fail("unknown tile config");
   }
@@ -163,28 +166,6 @@ int mixdq_emu_dequantize(const int32_t* acc, long long M, int N, const int32_t* 
   }
   mixdq::emu::tls = nullptr;
   return mixdq::emu::report(launch, err, err_len);
-}
-
-int mixdq_emu_gemm_smem_bytes(int config, int int4) {
-  switch (config) {
-    case 0:
-      return int4 ? mixdq::Gemm<mixdq::Tile128x128, false, true, float,
-                                mixdq::emu::HostArch>::SMEM_BYTES
-                  : mixdq::Gemm<mixdq::Tile128x128, false, false, float,
-                                mixdq::emu::HostArch>::SMEM_BYTES;
-    case 1:
-      return int4 ? mixdq::Gemm<mixdq::Tile64x128, false, true, float,
-                                mixdq::emu::HostArch>::SMEM_BYTES
-                  : mixdq::Gemm<mixdq::Tile64x128, false, false, float,
-                                mixdq::emu::HostArch>::SMEM_BYTES;
-    case 2:
-      return int4 ? mixdq::Gemm<mixdq::Tile64x64, false, true, float,
-                                mixdq::emu::HostArch>::SMEM_BYTES
-                  : mixdq::Gemm<mixdq::Tile64x64, false, false, float,
-                                mixdq::emu::HostArch>::SMEM_BYTES;
-    default:
-      return -1;
-  }
 }
 
 }  // extern "C"

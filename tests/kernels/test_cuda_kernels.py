@@ -54,7 +54,7 @@ def test_linear(cuda_kernels, int4, m, n, k):
     args = (weight_sums(w), scale, 0.0173, 11)
     want_acc = reference(x, wt, *args, None, torch.int32)
     want = reference(x, wt, *args, bias, torch.float16)
-    for config in (-1, 0, 1, 2):
+    for config in (-1, 0, 1, 2, 3):
         assert torch.equal(op(x, wt, *args, None, torch.int32, config), want_acc), config
         assert torch.equal(op(x, wt, *args, bias, torch.float16, config), want), config
 

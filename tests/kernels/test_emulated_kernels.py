@@ -13,7 +13,7 @@ import torch
 from quant.kernels import reference as ref
 from quant.kernels.layout import pack_int4, round_up, tap_sums, weight_sums
 
-CONFIGS = [0, 1, 2]  # 128x128, 64x128, 64x64 tiles
+CONFIGS = [0, 1, 2, 3]  # 128x128, 64x128, 64x64, 64x32 tiles
 
 
 def _linear_case(m, n, k, wbits, seed):
@@ -29,7 +29,7 @@ def _linear_case(m, n, k, wbits, seed):
 slow = pytest.mark.slow
 LINEAR_CASES = (  # (m, n, k, config): every tile shape, then tails in M, N (odd) and K
     [(70, 72, 96, c) for c in CONFIGS]
-    + [(1, 40, 16, 2), pytest.param(1, 40, 16, 0, marks=slow)]
+    + [(1, 40, 16, 3), pytest.param(1, 40, 16, 0, marks=slow)]
     + [pytest.param(130, 37, 208, c, marks=slow) for c in CONFIGS])
 
 
@@ -67,7 +67,7 @@ def test_conv2d(emulator, case, int4):
     wt = pack_int4(w.reshape(n, -1)) if int4 else w
     sums = (weight_sums(w), tap_sums(w), scale, 0.02, 9)
     geo = (stride, padding, dilation)
-    config = 2 if int4 else 0  # both tile families, each on half of the cases
+    config = 3 if int4 else 0  # the largest and the smallest tile
     for out_dtype in (torch.int32, torch.float32):
         got = emulator.conv2d(x, wt, *sums, bias, kernel, *geo, out_dtype, config, int4)
         want = (ref.w4a8_conv2d(x, wt, *sums, bias, kernel, *geo, out_dtype) if int4 else
