@@ -22,6 +22,10 @@ from . import ops  # noqa: F401  (defines torch.ops.mixdq)
 from .loader import KernelStatus, build_jit, load_extension
 from .modules import IntConv2d, IntLinear, SliceQuant, cuda_kernels_registered
 
+# Register the CUDA kernels of a built extension now, so that every mixdq op called on CUDA
+# tensors finds them; without a build this records why and changes nothing.
+load_extension()
+
 __all__ = ["is_available", "describe", "load_extension", "build_jit", "KernelStatus",
            "IntLinear", "IntConv2d", "SliceQuant", "quantize_act", "w8a8_linear",
            "w4a8_linear", "w8a8_conv2d", "w4a8_conv2d", "dequantize_acc"]

@@ -102,26 +102,27 @@ def bench_variant(variant: str, resolution: int = 512, batch: int = 1, iters: in
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     weight_mib = _state_bytes(unet) / 2**20
-    run = lambda: unet(**inputs, return_dict=False)  # noqa: E731
-    for _ in range(3):
-        run()
-    eager = _time_ms(run, iters)
     graphed = CudaGraphUNet(unet)
-    graph_run = lambda: graphed(**inputs, return_dict=False)  # noqa: E731
-    for _ in range(3):
-        graph_run()
-    graph = _time_ms(graph_run, iters)
+    timings = []
+    for model in (unet, graphed):
+        def run(model=model):
+            return model(**inputs, return_dict=False)
+        for _ in range(3):
+            run()
+        timings.append(_time_ms(run, iters))
     peak = torch.cuda.max_memory_allocated() / 2**20
-    del graphed, unet, run, graph_run
-    gc.collect()
-    torch.cuda.empty_cache()
-    return UNetResult(variant, eager, graph, weight_mib, peak, layers)
+    return UNetResult(variant, timings[0], timings[1], weight_mib, peak, layers)
 
 
 def bench_unet(variants=("fp16", "fp16-cl", "w8a8", "w4a8"), resolution: int = 512, batch: int = 1,
                iters: int = 20, backend: str = "kernels") -> list[UNetResult]:
     """Benchmark each variant in turn (one UNet on the GPU at a time)."""
-    return [bench_variant(v, resolution, batch, iters, backend) for v in variants]
+    results = []
+    for variant in variants:
+        results.append(bench_variant(variant, resolution, batch, iters, backend))
+        gc.collect()  # the variant's UNet and graph are unreachable now: release their memory
+        torch.cuda.empty_cache()
+    return results
 
 
 def format_unet_results(results: list[UNetResult], resolution: int, batch: int) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quant.kernels.bench import ShapeResult, bench_shape, format_results
+from quant.kernels.bench import bench_shape, format_results
 from quant.kernels.bench_unet import UNetResult, format_unet_results
 from quant.kernels.shapes import GemmShape, distinct_shapes, sdxl_unet_meta
 
