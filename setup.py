@@ -2,6 +2,7 @@
 
     pip install -e ".[test]"                      # pure Python; the CUDA kernels are optional
     MIXDQ_BUILD_CUDA=1 pip install -e . --no-build-isolation   # also build the CUDA extension
+    MIXDQ_BUILD_CUDA=1 python setup.py build_ext --inplace      # only the extension, in place
 
 The CUDA extension is built only when asked for and when the installed torch has CUDA; a request
 that cannot be met is reported, never silently dropped. Architectures: TORCH_CUDA_ARCH_LIST,
@@ -18,6 +19,11 @@ ROOT = Path(__file__).parent
 
 
 def cuda_extensions():
+    """The CUDA extension quant._C, when MIXDQ_BUILD_CUDA=1 asks for it and torch has CUDA.
+
+    Sources: kernels/*.cu (plain CUDA, no torch headers) and kernels/binding.cpp (the torch
+    side). Keep the nvcc flags in sync with quant/kernels/loader.py (the JIT build).
+    """
     if os.environ.get("MIXDQ_BUILD_CUDA", "0") != "1":
         return [], {}
     try:
@@ -32,9 +38,15 @@ def cuda_extensions():
               "extension", file=sys.stderr)
         return [], {}
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.9;9.0")
-    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.c[up]*"))
+    kernels = ROOT / "kernels"
+    sources = [str(p.relative_to(ROOT)) for p in sorted(kernels.glob("*.cu"))]
+    sources.append(str((kernels / "binding.cpp").relative_to(ROOT)))
+    print(f"mixdq: building quant._C for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}",
+          file=sys.stderr)
+    # No --use_fast_math: the quantizer and the epilogue must round exactly like torch.
     ext = CUDAExtension("quant._C", sources,
-                        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]})
+                        extra_compile_args={"cxx": ["-O3"],
+                                            "nvcc": ["-O3", "-std=c++17", "-lineinfo"]})
     return [ext], {"build_ext": BuildExtension}
 
 

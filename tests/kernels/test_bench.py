@@ -1,0 +1,67 @@
+"""The benchmark code: SDXL shapes on the meta device, and one pass of the per-shape benchmark
+and the tables on CPU (the torch references timed by a CPU clock); the CUDA timings themselves
+run in scripts/gpu_verify.sh."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from quant.kernels.bench import bench_shape, format_results
+from quant.kernels.bench_unet import UNetResult, format_unet_results
+from quant.kernels.shapes import GemmShape, distinct_shapes, sdxl_unet_meta
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sdxl_shapes_512_batch1():
+    shapes = distinct_shapes(sdxl_unet_meta(), 512, 1)
+    assert sum(c for _, c in shapes) == 794
+    top, count = shapes[0]
+    assert (top.kind, top.M, top.K, top.N, count) == ("linear", 256, 1280, 1280, 372)
+    kv = [s for s, _ in shapes if s.kind == "linear" and s.K == 2048]
+    assert {s.M for s in kv} == {77}  # cross-attention K/V: the 77 text tokens
+    conv_in = next(s for s, _ in shapes if s.kind == "conv2d" and s.C == 4)
+    assert (conv_in.H, conv_in.W, conv_in.M, conv_in.K) == (64, 64, 4096, 36)
+
+
+def _cpu_timer(fn):
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e6
+
+
+@pytest.mark.parametrize("shape", [
+    GemmShape("linear", 20, 24, 48),
+    GemmShape("conv2d", 2 * 6 * 5, 16, 9 * 16, 2, 6, 5, 16, (3, 3), (1, 1), (1, 1)),
+    GemmShape("conv2d", 30, 8, 4 * 9, 1, 6, 5, 4, (3, 3), (1, 1), (1, 1)),
+    GemmShape("conv2d", 30, 16, 32, 1, 6, 5, 32, (1, 1), (1, 1), (0, 0)),
+])
+def test_bench_shape_runs_on_references(shape):
+    r = bench_shape(shape, 3, 64, 1, timer=_cpu_timer, device="cpu")
+    assert r.fp16 > 0 and r.w8a8 > 0 and r.w4a8 > 0 and r.w8a8_quant > 0
+    assert (r.int_mm is not None) == (shape.kernel == (1, 1) and shape.M > 16)
+    assert r.w8a8_config in (0, 1, 2, 3)
+    text = format_results([r])
+    assert shape.label in text and "count-weighted" in text
+
+
+def test_unet_table():
+    rows = [UNetResult("fp16", 60.0, 50.0, 4898.0, 6000.0, {}),
+            UNetResult("w8a8", 40.0, 30.0, 2460.0, 3600.0, {"int8": 794})]
+    text = format_unet_results(rows, 512, 1)
+    assert "1.67x" in text and "50%" in text and "int8: 794" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+@pytest.mark.parametrize("script", ["bench_kernels.py", "bench_unet.py"])
+def test_scripts_say_why_without_cuda(script):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith("no CUDA device; nothing to benchmark")
+    assert len(proc.stderr.strip().splitlines()) == 1

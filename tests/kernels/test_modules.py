@@ -1,0 +1,125 @@
+"""Integer layers against the simulated quantized layers of the core (quant.qmodules).
+
+For every layer: the int32 accumulators equal the integer sums computed from the simulation's
+own quantizers exactly, and the float outputs agree with the fake-quantized float computation
+to float32 rounding.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quant import quantizer
+from quant.deploy import build_integer_layer
+from quant.qmodules import QuantConv2d, QuantLinear
+
+
+def _sqnr(ref, x):
+    return quantizer.sqnr_db(ref, x)
+
+
+def _min_db(device, float_db):
+    """On CUDA with the kernels the GEMM writes float16: agreement to fp16 rounding only."""
+    import quant.kernels
+
+    return 60 if device.type == "cuda" and quant.kernels.is_available() else float_db
+
+
+def _calibrate(layer, x, slices):
+    layer.set_act_range([(float(s.min()), float(s.max())) for s in slices])
+    return layer
+
+
+def _exact_linear_acc(layer, x):
+    bits = layer.active_a_bits
+    (scale, zp), = layer.act_params(bits)
+    xq = quantizer.quantize_act(x, scale, zp, bits).long()
+    q, _ = layer.quantized_weight(layer.active_w_bits)
+    return (xq - zp) @ q.long().t()
+
+
+@pytest.mark.parametrize("w_bits,a_bits", [(8, 8), (4, 8), (2, 8), (5, 8), (8, 6), (3, 4)])
+@pytest.mark.parametrize("backend", ["kernels", "int_mm"])
+def test_linear_matches_simulation(device, w_bits, a_bits, backend):
+    torch.manual_seed(w_bits * 10 + a_bits)
+    lin = nn.Linear(40, 24).to(device)  # K = 40: padded to 48 inside
+    x = torch.randn(3, 21, 40, device=device) * 2 + 0.5
+    sim = _calibrate(QuantLinear.from_module(lin, w_bits, a_bits, name="fc",
+                                             weight_scale="minmax"), x, [x])
+    layer = build_integer_layer(sim.integer_form(), backend).to(device)
+    assert layer.gemm.int4 == (w_bits <= 4)
+    with torch.no_grad():
+        acc, = layer.accumulators(x)
+        assert torch.equal(acc.cpu().long(), _exact_linear_acc(sim, x).cpu())
+        y_sim, y = sim(x), layer(x)
+    assert y.dtype == x.dtype and y.shape == y_sim.shape
+    assert _sqnr(y_sim, y) > _min_db(device, 100)
+
+
+def test_bos_linear(device):
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16).to(device)
+    x = torch.randn(2, 77, 32, device=device)
+    x[:, 0] = torch.linspace(-300, 300, 32)  # a CLIP-like outlier, identical across prompts
+    sim = QuantLinear.from_module(lin, 8, 8, name="attn2.to_k", weight_scale="minmax", bos=True)
+    bos_input, slices = sim.calibration_view(x)
+    _calibrate(sim, x, slices)
+    sim.set_bos_input(bos_input[0])
+    layer = build_integer_layer(sim.integer_form()).to(device)
+    assert layer.bos_row is not None
+    with torch.no_grad():
+        y_sim, y = sim(x), layer(x)
+        acc, = layer.accumulators(x)
+    assert torch.equal(y[:, 0], y_sim[:, 0])  # the precomputed row, as is
+    assert _sqnr(y_sim[:, 1:], y[:, 1:]) > _min_db(device, 100)
+    assert torch.equal(acc.cpu().long(), _exact_linear_acc(sim, x[:, 1:]).cpu())
+
+
+CONVS = [  # in, out, kernel, stride, padding, split
+    (32, 16, 3, 1, 1, None),
+    (32, 32, 3, 2, 1, None),        # downsampler
+    (48, 16, 1, 1, 0, 32),          # shortcut conv of concat(hidden, skip)
+    (48, 24, 3, 1, 1, 16),          # resnet conv1 of a concat
+    (4, 16, 3, 1, 1, None),         # conv_in: 4 channels, padded to 16
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,split", CONVS)
+@pytest.mark.parametrize("w_bits", [8, 4])
+def test_conv_matches_simulation(device, cin, cout, k, stride, pad, split, w_bits):
+    torch.manual_seed(cin + cout + k)
+    conv = nn.Conv2d(cin, cout, k, stride, pad).to(device)
+    x = torch.randn(2, cin, 9, 10, device=device)
+    if split is not None:
+        x[:, split:] = x[:, split:] * 5 + 1  # the skip half has another range
+    sim = QuantConv2d.from_module(conv, w_bits, 8, name="conv", weight_scale="minmax",
+                                  split=split)
+    _calibrate(sim, x, sim.calibration_view(x)[1])
+    layer = build_integer_layer(sim.integer_form()).to(device)
+    assert len(layer.parts) == (1 if split is None else 2)
+    with torch.no_grad():
+        y_sim, y = sim(x), layer(x)
+        accs = layer.accumulators(x)
+    assert y.shape == y_sim.shape
+    assert _sqnr(y_sim, y) > _min_db(device, 90)
+    # each slice: the exact integer convolution of (x_q - zp), zero padded
+    q, _ = sim.quantized_weight(w_bits)
+    q = q.reshape(conv.weight.shape).double()
+    bounds = [(0, cin)] if split is None else [(0, split), (split, cin)]
+    for (lo, hi), (scale, zp), acc in zip(bounds, sim.act_params(8), accs):
+        xq = quantizer.quantize_act(x[:, lo:hi], scale, zp, 8).double() - zp
+        want = F.conv2d(xq, q[:, lo:hi], None, stride, pad).permute(0, 2, 3, 1)
+        assert torch.equal(acc.cpu().double(), want.cpu())
+
+
+def test_conv_output_is_channels_last_view():
+    conv = nn.Conv2d(16, 16, 3, 1, 1)
+    x = torch.randn(1, 16, 6, 6)
+    sim = _calibrate(QuantConv2d.from_module(conv, 8, 8, weight_scale="minmax"), x, [x])
+    layer = build_integer_layer(sim.integer_form())
+    y = layer(x.contiguous(memory_format=torch.channels_last))
+    assert y.shape == (1, 16, 6, 6) and y.is_contiguous(memory_format=torch.channels_last)
+    # the module survives Module.to(memory_format=...), which restrides 4-D tensors
+    layer.to(memory_format=torch.channels_last)
+    assert torch.equal(layer(x), y)
