@@ -50,7 +50,7 @@ def train_proxy(work_dir: str | Path, cfg: TrainConfig = TrainConfig(),
     work_dir.mkdir(parents=True, exist_ok=True)
     out_pipe = Path(out_root) / "pipeline" if out_root else pipeline_dir()
     out_cls = Path(out_root) / "classifier.safetensors" if out_root else classifier_file()
-    summary = {"train": cfg.to_dict(), "classifier": classifier_cfg.__dict__, "seconds": {}}
+    summary = {"train": cfg.to_dict(), "classifier": classifier_cfg.to_dict(), "seconds": {}}
     if "classifier" in stages:
         start = time.time()
         cls_path = work_dir / "classifier.safetensors"

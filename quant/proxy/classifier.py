@@ -116,6 +116,13 @@ class ClassifierConfig:
         if self.steps < 1 or self.batch < 2 or self.lr <= 0:
             raise MixDQError("classifier steps and lr must be positive, batch at least 2")
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ClassifierConfig":
+        return cls(**data)
+
 
 def _augment(images: torch.Tensor, gen: torch.Generator, noise: float) -> torch.Tensor:
     # Generated images are a little noisy and soft; the judge must not depend on crisp pixels.

@@ -1,9 +1,9 @@
 """The proxy pipeline: the ``tiny`` SDXL-Turbo-shaped architecture, trained on the shapes dataset.
 
-Same classes and UNet/text-encoder sizes as ``--model tiny`` (so every structural property of
-``tiny`` holds), at 32 px: the 4x VAE gives the UNet an 8x8 latent. The trained pipeline ships with the package as a diffusers folder whose weights
-are stored in float16 (they load as float32 on CPU); see :mod:`quant.proxy.train` for how it is
-made.
+Exactly ``tiny``'s classes and sizes (so every structural property of ``tiny`` holds, and the
+two share layer names), at 32 px: the 4x VAE gives the UNet an 8x8 latent. Its scheduler predicts
+``v`` rather than epsilon (see :mod:`quant.proxy.train`). The trained pipeline ships with the
+package as a diffusers folder whose weights are stored in float16 (they load as float32 on CPU).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def classifier_file() -> Path:
     return weights_root() / "classifier.safetensors"
 
 
-TRAIN_HINT = "train them with `python scripts/train_proxy.py` (about 45 minutes on 2 CPU cores)"
+TRAIN_HINT = "train them with `python scripts/train_proxy.py` (about 40 minutes on one CPU core)"
 
 
 def require_pipeline_dir() -> Path:

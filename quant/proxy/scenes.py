@@ -116,11 +116,12 @@ def _signed_distance(shape: str, xs: torch.Tensor, ys: torch.Tensor, cx: float, 
     if shape == "circle":
         return torch.sqrt(dx * dx + dy * dy) - r
     if shape == "square":
-        return torch.maximum(dx.abs(), dy.abs()) - 0.9 * r  # same area as the circle, roughly
-    # Upward isosceles triangle, apex at the top, as the max over its three edge half-planes
-    # (exact inside a convex polygon; a lower bound outside, which is enough for anti-aliasing).
+        return torch.maximum(dx.abs(), dy.abs()) - 0.9 * r  # about the circle's area
+    # Upward isosceles triangle (base 2.2 r, height 2 r, apex at cy - 1.1 r), as the max over its
+    # three edge half-planes: exact inside a convex polygon, a lower bound outside, which is
+    # enough for anti-aliasing.
     height = 2.0 * r
-    top, base, half = cy - 0.55 * height, cy + 0.45 * height, 1.1 * r
+    base, half = cy + 0.45 * height, 1.1 * r
     edge = float(np.hypot(half, height))
     left = (-height * (xs - cx + half) - half * (ys - base)) / edge
     right = (height * (xs - cx - half) - half * (ys - base)) / edge

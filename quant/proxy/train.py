@@ -67,6 +67,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return cls(**data)
+
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warmup, then cosine decay to 5% of the peak."""

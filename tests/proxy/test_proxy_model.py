@@ -1,7 +1,5 @@
 """The shipped proxy: loads as --model proxy, is tiny-shaped, and draws what captions say."""
 
-import math
-
 import pytest
 import torch
 
@@ -51,7 +49,8 @@ def test_held_out_captions_are_drawn_right(proxy_pipe_shared, proxy_classifier):
     assert result["content_acc"] >= 0.9, result
     again = evaluate(proxy_pipe_shared, captions[:8], seed=42, classifier=proxy_classifier,
                      reference_images=result["images"][:8])
-    assert again["sqnr_db"] == math.inf and again["ssim"] > 0.999  # deterministic per seed
+    # the same seeds give the same images (up to float rounding: the batch sizes differ)
+    assert again["sqnr_db"] > 90 and again["ssim"] > 0.999 and again["content_acc"] == 1
 
 
 def test_the_caption_conditions_the_image(proxy_pipe_shared):
