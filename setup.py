@@ -63,7 +63,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["quant", "quant.*"]) + ["quant.configs"],
     package_dir={"quant.configs": "configs"},
-    package_data={"quant.configs": ["*.json", "*.yaml", "prompts/*"]},
+    package_data={"quant.configs": ["*.json", "*.yaml", "prompts/*"],
+                  "quant.proxy": ["weights/*.safetensors", "weights/pipeline/*.json",
+                                  "weights/pipeline/*/*.json",
+                                  "weights/pipeline/*/*.safetensors"]},
     install_requires=[
         "torch>=2.2",
         "diffusers>=0.30",

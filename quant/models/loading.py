@@ -31,6 +31,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_model(model: str) -> str:
     """Return what ``from_pretrained`` should load: a local folder path or a cached Hub id.
 
+    ``"tiny"`` is built and cached on first use; ``"proxy"`` is the trained proxy's shipped folder.
+
     Raises:
         MixDQError: a folder that is not a diffusers pipeline, or a Hub id that is neither cached
             nor downloadable (decided within a few seconds, not after long retries).
@@ -39,6 +41,10 @@ def resolve_model(model: str) -> str:
         from .tiny import tiny_path
 
         return str(tiny_path())
+    if model == "proxy":  # the trained proxy shipped with the package (quant/proxy)
+        from ..proxy.model import require_pipeline_dir
+
+        return str(require_pipeline_dir())
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
         if not (path / "model_index.json").is_file():
