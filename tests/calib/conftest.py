@@ -15,6 +15,12 @@ PROMPTS = ["a red bus on a street", "two cats on a sofa", "a bowl of fruit", "a 
            "a man riding a horse"]
 
 
+@pytest.fixture(scope="session")
+def calib_prompts():
+    """The prompts of the ``recorded`` folder."""
+    return list(PROMPTS)
+
+
 @pytest.fixture(scope="module")
 def recorded(pipe, tmp_path_factory):
     """5 prompts, 2 steps, no guidance, shards of 2 prompts (3 shards, the last one short)."""

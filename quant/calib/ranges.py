@@ -1,0 +1,145 @@
+"""Activation-range calibration: hooks that track every quantized layer's input range.
+
+    with calibrate_activations(unet, momentum=0.95):
+        for batch in batches:
+            unet(**batch)
+
+While the context is open, every quantized layer (a module with ``is_quantized_module``) runs
+with its input quantization switched off and its weights as configured, so ranges are gathered
+with weights already quantized. Each call's input min and max (per input slice, the BOS token
+excluded where BOS handling applies, widened to include 0) update an exponential moving average.
+On a normal exit the ranges, and the BOS rows of cross-attention key/value layers, are written
+to the layers; on any exit every hook is removed and the switches are restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..errors import MixDQError
+
+# How far the BOS row may differ between calibration samples, relative to its largest entry:
+# room for kernel-level float noise, far below what a prompt-dependent first token would show.
+BOS_TOLERANCE = 1e-2
+
+
+@dataclasses.dataclass
+class _Track:
+    lo: torch.Tensor
+    hi: torch.Tensor
+    calls: int = 1
+    bos_ref: torch.Tensor | None = None
+    bos_dev: torch.Tensor | None = None
+
+
+class ActivationCalibration:
+    """The hook object behind :func:`calibrate_activations`.
+
+    Args:
+        model: a model whose layers were swapped by :func:`quant.quantize.prepare`.
+        momentum: weight of the running range against each new call (0 = last call only).
+
+    Attributes:
+        ranges: after the context, layer name -> list of ``(lo, hi)`` per input slice.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float = 0.95):
+        if not 0.0 <= float(momentum) < 1.0:
+            raise MixDQError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self.layers = {name: m for name, m in model.named_modules()
+                       if getattr(m, "is_quantized_module", False)}
+        if not self.layers:
+            raise MixDQError("the model has no quantized layers; run quant.quantize.prepare first")
+        self.ranges: dict[str, list[tuple[float, float]]] = {}
+        self._tracks: dict[str, _Track] = {}
+        self._handles: list = []
+        self._saved_switches: dict[str, bool] = {}
+
+    def __enter__(self) -> "ActivationCalibration":
+        try:
+            for name, layer in self.layers.items():
+                self._saved_switches[name] = layer.a_enabled
+                layer.enable(act=False)
+                self._handles.append(layer.register_forward_pre_hook(self._hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._remove()
+        if exc_type is None:
+            self._apply()
+        return False
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for name, enabled in self._saved_switches.items():
+            self.layers[name].enable(act=enabled)
+        self._saved_switches.clear()
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            self._observe(name, module, args[0])
+        return hook
+
+    @torch.no_grad()
+    def _observe(self, name: str, layer, x: torch.Tensor) -> None:
+        bos_input, slices = layer.calibration_view(x)
+        lo = torch.stack([s.detach().amin().float() for s in slices]).clamp(max=0.0)
+        hi = torch.stack([s.detach().amax().float() for s in slices]).clamp(min=0.0)
+        track = self._tracks.get(name)
+        if track is None:
+            track = self._tracks[name] = _Track(lo, hi)
+        else:
+            m = self.momentum
+            track.lo = m * track.lo + (1 - m) * lo
+            track.hi = m * track.hi + (1 - m) * hi
+            track.calls += 1
+        if bos_input is not None:
+            rows = bos_input.detach().float()
+            if track.bos_ref is None:
+                track.bos_ref = rows[0].clone()
+                track.bos_dev = torch.zeros((), device=rows.device)
+            dev = (rows - track.bos_ref).abs().amax()
+            track.bos_dev = torch.maximum(track.bos_dev, dev)
+
+    def _apply(self) -> None:
+        for name, track in self._tracks.items():
+            layer = self.layers[name]
+            if track.bos_ref is not None:
+                dev = float(track.bos_dev)
+                tol = BOS_TOLERANCE * max(float(track.bos_ref.abs().max()), 1e-6)
+                if not dev <= tol:
+                    raise MixDQError(
+                        f"layer {name}: the first (BOS) token's text embedding differs between "
+                        f"calibration samples (max |diff| {dev:.4g} > {tol:.4g}); BOS-aware "
+                        f"quantization needs a causal text encoder and no zeroed negative "
+                        f"prompts - recalibrate without them or turn BOS handling off (--no-bos)")
+                layer.set_bos_input(track.bos_ref)
+            ranges = list(zip(track.lo.tolist(), track.hi.tolist()))
+            layer.set_act_range(ranges)
+            self.ranges[name] = ranges
+
+
+def calibrate_activations(model: nn.Module, momentum: float = 0.95) -> ActivationCalibration:
+    """Context manager that calibrates every quantized layer's input range.
+
+    Args:
+        model: a prepared model (see :func:`quant.quantize.prepare`).
+        momentum: exponential-moving-average momentum of the range across calls.
+
+    Returns:
+        An :class:`ActivationCalibration`; use it in a ``with`` block and run the calibration
+        batches inside. Layers never called inside the block keep their previous range.
+
+    Raises:
+        MixDQError: on exit, if a BOS row differs between calibration samples.
+    """
+    return ActivationCalibration(model, momentum)

@@ -1,0 +1,200 @@
+"""Public API of the quantization core: swap a UNet's layers and calibrate them.
+
+    unet = quantize_unet(unet, bit_map, calibration)     # prepare + calibrate
+    save_quantized(unet, "runs/w8a8", base_model="stabilityai/sdxl-turbo")
+
+``calibration`` is any iterable of dicts of UNet call arguments (``sample``, ``timestep``,
+``encoder_hidden_states``, ``added_cond_kwargs``), as :class:`quant.calib.CalibrationData`
+yields them; other keys (``output``, ``step``...) are ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .bitmap import BitMap
+from .errors import MixDQError
+from .qmodules import qmodule_class
+from .structure import is_cross_attention_kv, quantizable_layers
+
+UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs",
+               "timestep_cond")
+_REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+
+
+def concat_splits(unet: nn.Module) -> dict[str, int]:
+    """Layers whose input is ``concat(hidden, skip)`` along channels, with ``hidden``'s width.
+
+    Read from the model as diffusers builds it: each up-block resnet gets the running hidden
+    state concatenated with a skip connection. The hidden state entering an up block has the
+    width of the block before it (the mid block for the first); inside a block it has the
+    previous resnet's output width. The resnet's ``conv1`` (after norm and SiLU, channel order
+    kept) and ``conv_shortcut`` see that concatenation.
+
+    Returns:
+        Layer name -> channel count of the first slice, for every such ``nn.Conv2d``.
+    """
+    up_blocks = getattr(unet, "up_blocks", None)
+    if not up_blocks:
+        return {}
+    before = getattr(unet, "mid_block", None) or unet.down_blocks[-1]
+    hidden = before.resnets[-1].out_channels
+    splits = {}
+    for i, block in enumerate(up_blocks):
+        for j, resnet in enumerate(block.resnets):
+            if resnet.in_channels > hidden:
+                for leaf in ("conv1", "conv_shortcut"):
+                    conv = getattr(resnet, leaf, None)
+                    if isinstance(conv, nn.Conv2d) and conv.in_channels == resnet.in_channels:
+                        splits[f"up_blocks.{i}.resnets.{j}.{leaf}"] = hidden
+            hidden = resnet.out_channels
+        upsamplers = getattr(block, "upsamplers", None)
+        if upsamplers:
+            hidden = upsamplers[-1].out_channels
+    return splits
+
+
+def _as_bit_map(bit_map: BitMap | str | Path) -> BitMap:
+    if isinstance(bit_map, BitMap):
+        return bit_map
+    if isinstance(bit_map, (str, Path)):
+        return BitMap.load(bit_map)
+    raise MixDQError(f"expected a BitMap or a bit map file, got {type(bit_map).__name__}")
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` (a dotted path) of ``root`` by ``module``."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
+            weight_scale: str = "mse") -> nn.Module:
+    """Swap every ``nn.Linear``/``nn.Conv2d`` of ``unet`` for its quantized version, in place.
+
+    Layers are not calibrated yet (see :func:`quantize_unet`). On an already prepared UNet this
+    only updates the bits and options of the existing quantized layers.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel`` (or any model with Linear/Conv2d layers).
+        bit_map: per-layer bits (a :class:`BitMap` or a JSON/YAML file); must name every layer.
+        bos: BOS-aware quantization of cross-attention key/value inputs.
+        weight_scale: ``"mse"`` (clipping search) or ``"minmax"``.
+
+    Returns:
+        ``unet`` itself.
+
+    Raises:
+        MixDQError: unknown or missing layer names, unsupported bit widths.
+    """
+    from .checkpoint import unet_hash
+
+    bit_map = _as_bit_map(bit_map)
+    layers = quantizable_layers(unet)
+    bit_map.validate(layers)
+    if getattr(unet, "mixdq_base_hash", None) is None:
+        unet.mixdq_base_hash = unet_hash(unet)
+    splits = concat_splits(unet)
+    for name, module in layers.items():
+        bits = bit_map[name]
+        layer_bos = bos and is_cross_attention_kv(name, unet)
+        if getattr(module, "is_quantized_module", False):
+            if module.weight_scale != weight_scale:
+                module.weight_scale = weight_scale
+                module.clear_cache()
+            module.set_bits(w=bits.w, a=bits.a)
+            module.bos = layer_bos
+            continue
+        cls = qmodule_class(module)
+        if cls is None:
+            raise MixDQError(f"layer {name}: no quantized module for {type(module).__name__}")
+        set_submodule(unet, name, cls.from_module(
+            module, bits.w, bits.a, name=name, weight_scale=weight_scale,
+            split=splits.get(name), bos=layer_bos))
+    return unet
+
+
+def _to(obj, device, dtype):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, dtype if obj.is_floating_point() else None)
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def run_unet(unet: nn.Module, batch: Mapping) -> torch.Tensor:
+    """Call ``unet`` on one calibration batch (moved to its device and dtype); return its output.
+
+    Raises:
+        MixDQError: a batch without ``sample``, ``timestep`` or ``encoder_hidden_states``.
+    """
+    missing = [k for k in _REQUIRED_INPUTS if k not in batch]
+    if missing:
+        raise MixDQError(f"calibration batch lacks {', '.join(missing)} "
+                         f"(has {', '.join(sorted(batch))})")
+    param = next(unet.parameters())
+    kwargs = {k: _to(batch[k], param.device, param.dtype) for k in UNET_INPUTS if k in batch}
+    return unet(**kwargs, return_dict=False)[0]
+
+
+def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],
+                  *, bos: bool = True, weight_scale: str = "mse", momentum: float = 0.95,
+                  progress: bool = True) -> nn.Module:
+    """Prepare ``unet`` with ``bit_map`` and calibrate its activation ranges, in place.
+
+    Args:
+        unet: the float UNet.
+        bit_map: per-layer bits (see :func:`prepare`).
+        calibration: iterable of dicts of UNet call arguments; read once.
+        bos: BOS-aware quantization of cross-attention key/value inputs.
+        weight_scale: ``"mse"`` or ``"minmax"``.
+        momentum: moving-average momentum of the activation ranges.
+        progress: show a tqdm bar over the batches.
+
+    Returns:
+        ``unet``, quantized (simulated) and calibrated.
+
+    Raises:
+        MixDQError: bad bit map, empty calibration, a layer left without a range, or a BOS row
+            that differs between samples.
+    """
+    from tqdm.auto import tqdm
+
+    from .calib.ranges import calibrate_activations
+
+    prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
+    count = 0
+    with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
+        for batch in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress):
+            run_unet(unet, batch)
+            count += 1
+        if count == 0:
+            raise MixDQError("no calibration batches: the calibration set is empty")
+    for name, layer in quantizable_layers(unet).items():
+        if layer.active_a_bits is not None and layer.act_range is None:
+            raise MixDQError(f"layer {name} was never called during calibration; its input "
+                             f"range is unknown")
+    return unet
+
+
+@torch.no_grad()
+def output_sqnr(unet: nn.Module, batches: Iterable[Mapping]) -> float:
+    """SQNR in dB of ``unet``'s output against each batch's recorded ``output``, over all batches.
+
+    ``10 log10(sum y_fp^2 / sum (y - y_fp)^2)``, summed over every element of every batch.
+    """
+    signal = noise = 0.0
+    for batch in batches:
+        if "output" not in batch:
+            raise MixDQError("calibration batch has no recorded 'output' to compare against")
+        y = run_unet(unet, batch).double()
+        ref = batch["output"].to(y.device, torch.float64)
+        signal += float(ref.square().sum())
+        noise += float((y - ref).square().sum())
+    if signal == 0.0 and noise == 0.0:
+        raise MixDQError("no batches to measure SQNR on")
+    return float("inf") if noise == 0 else float(10 * torch.log10(torch.tensor(signal / noise)))
