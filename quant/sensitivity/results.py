@@ -207,12 +207,12 @@ def protect_list(rows: Iterable[Row], fraction: float = 0.01,
 
 def format_protect(names: list[str], rows: list[Row], fraction: float) -> str:
     """The protect-list file: ``#`` comments, then one layer name per line."""
-    act = {r.layer: r for r in rows if r.target == "act"}
-    bits = min((r.bits for r in act.values()), default=None)
-    lines = [f"# activation layers to keep in floating point: the {len(names)} most sensitive "
-             f"({fraction:.2%} of {len(act)}) by output SQNR with only that input at A{bits}",
-             "# derived by mixdq sensitivity; one layer name per line"]
     by_bits = {(r.layer, r.bits): r for r in rows if r.target == "act"}
+    bits = min((b for _, b in by_bits), default=None)
+    measured = len({layer for layer, _ in by_bits})
+    lines = [f"# activation layers to keep in floating point: the {len(names)} most sensitive "
+             f"({fraction:.2%} of {measured}) by output SQNR with only that input at A{bits}",
+             "# derived by mixdq sensitivity; one layer name per line"]
     for name in names:
         lines.append(f"# {name}: {by_bits[(name, bits)].sqnr_db:.2f} dB")
     return "\n".join(lines + names) + "\n"
