@@ -51,3 +51,20 @@ def block_of(name: str) -> str:
     if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
         return ".".join(parts[:2])
     return parts[0]
+
+
+def block_order(blocks: list[str]) -> list[str]:
+    """``blocks`` in the order the UNet runs them: the inputs and embeddings, the down blocks,
+    the mid block, the up blocks, then the output layers (module order puts up before mid)."""
+    def key(item):
+        index, block = item
+        parts = block.split(".")
+        if parts[0] == "down_blocks":
+            return (1, int(parts[1]), 0)
+        if parts[0] == "mid_block":
+            return (2, 0, 0)
+        if parts[0] == "up_blocks":
+            return (3, int(parts[1]), 0)
+        return (4 if block.startswith("conv_norm_out") or block.startswith("conv_out") else 0,
+                0, index)
+    return [block for _, block in sorted(enumerate(dict.fromkeys(blocks)), key=key)]

@@ -7,18 +7,18 @@ import os
 from collections import defaultdict
 
 from ..utils.io import atomic_path
-from .groups import block_of
+from .groups import block_of, block_order
 from .results import TARGETS, Row
 
 
 def block_table(rows: list[Row]) -> tuple[list[str], list[tuple[str, int]], dict]:
-    """Group finite SQNRs by block (rows, in table order) and ``(target, bits)`` (columns).
+    """Group finite SQNRs by block (rows, in running order) and ``(target, bits)`` (columns).
 
     Returns:
         ``(blocks, columns, values)`` with ``values[(block, column)]`` a list of SQNRs in dB
         (``inf`` left out: an unchanged output says nothing about a block's average).
     """
-    blocks = list(dict.fromkeys(block_of(r.layer) for r in rows))
+    blocks = block_order([block_of(r.layer) for r in rows])
     columns = sorted({(r.target, r.bits) for r in rows},
                      key=lambda c: (TARGETS.index(c[0]), c[1]))
     values: dict = defaultdict(list)
