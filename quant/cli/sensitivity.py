@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import MixDQError
 from .common import add_model_args, positive_int
 
 
@@ -68,6 +67,7 @@ def config_from_args(args):
     """The :class:`SensitivityConfig` the arguments ask for."""
     from ..sensitivity.config import SensitivityConfig
     from ..sensitivity.groups import DEFAULT_CONTENT_PATTERNS, GroupRule
+    from ..sensitivity.replay import TOP_LEVEL
 
     return SensitivityConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits,
@@ -75,18 +75,12 @@ def config_from_args(args):
         ssim=args.ssim, ssim_size=args.ssim_size, batch_size=args.batch_size,
         protect_fraction=args.protect_fraction, weight_scale=args.weight_scale,
         bos=not args.no_bos, layers=args.layers,
-        **({"containers": ()} if args.block_cache == "blocks" else {}))
+        **({"containers": TOP_LEVEL} if args.block_cache == "blocks" else {}))
 
 
 def run(args) -> int:
     from ..sensitivity.run import run_sensitivity
 
-    if args.quantized_base is not None:
-        try:
-            from ..checkpoint import load_quantized  # noqa: F401
-        except ImportError:
-            raise MixDQError("--quantized-base is not available in this version of mixdq") \
-                from None
     summary = run_sensitivity(args.model, args.calib, args.out, config_from_args(args),
                               quantized_base=args.quantized_base, device=args.device,
                               dtype=args.dtype, progress=not args.no_progress)

@@ -30,7 +30,8 @@ class SensitivityConfig:
         weight_scale: weight scale method of the quantized layers (``mse`` or ``minmax``).
         bos: BOS-aware quantization of cross-attention key/value inputs.
         momentum: moving-average momentum of the activation ranges.
-        containers: list names whose items are block-caching units (``()``: top-level only).
+        containers: list names whose items are block-caching units (see
+            :mod:`quant.sensitivity.replay`; ``TOP_LEVEL`` caches block inputs only).
         layers: optional regular expression; only layers whose name it matches (``re.search``)
             are measured.
     """

@@ -93,10 +93,6 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
-    def agree(self, ok: bool) -> bool:
-        """Whether ``ok`` holds on every rank (so that all ranks stop together)."""
-        return all(self.gather(bool(ok)))
-
     def shard(self, items: list) -> list:
         """This rank's share: round robin over ``items`` in their order."""
         return items[self.rank::self.world]

@@ -108,7 +108,7 @@ class SsimMeter:
         """Per-image SSIM of ``images`` against the references of prompts ``index``."""
         from torchmetrics.functional.image import structural_similarity_index_measure
 
-        refs = self.references[index.cpu()].to(images.device)
+        refs = self.references.to(images.device)[index.to(images.device)]
         images = self._shrink(to_uint8_levels(images))
         return structural_similarity_index_measure(
             images, refs, gaussian_kernel=False,

@@ -27,6 +27,8 @@ from torch import nn
 
 from ..errors import MixDQError
 
+# Only the UNet's top-level blocks and leaves: caching the inputs of the layer's block.
+TOP_LEVEL = ("down_blocks", "up_blocks")
 DEFAULT_CONTAINERS = ("down_blocks", "up_blocks", "resnets", "attentions", "downsamplers",
                       "upsamplers", "transformer_blocks")
 UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond")
@@ -225,7 +227,7 @@ class ReplayEngine:
             dtype; every evaluation runs over all of them.
         layers: the layers that will be perturbed (traced, and their replay units cached).
         containers: list names whose items are replay units (see :func:`unit_candidates`);
-            ``()`` keeps only the top-level blocks.
+            :data:`TOP_LEVEL` caches only at top-level block boundaries.
 
     Use :meth:`record` once, then ``with engine.replaying(layer): engine.run(i)`` per batch.
     """

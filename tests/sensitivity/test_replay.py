@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from quant.errors import MixDQError
-from quant.sensitivity.replay import Replay, ReplayEngine, run_unet, unit_candidates
+from quant.sensitivity.replay import (TOP_LEVEL, Replay, ReplayEngine, run_unet,
+                                      unit_candidates)
 from quant.structure import quantizable_layers
 
 
@@ -43,7 +44,7 @@ def test_replayed_forward_equals_stock_forward_bit_for_bit(setup):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("containers", [None, ()])
+@pytest.mark.parametrize("containers", [None, TOP_LEVEL])
 def test_perturbed_layer_replayed_equals_full_forward(setup, containers):
     unet, batches, layers = setup
     kwargs = {} if containers is None else {"containers": containers}
@@ -71,6 +72,9 @@ def test_units_follow_the_naming_rule_and_are_restored(setup):
     assert "down_blocks.1.attentions.0.transformer_blocks.0" in names
     assert "up_blocks.0.resnets.2" in names and "down_blocks" not in names
     assert unit_candidates(unet, ())[:3] == ["conv_in", "time_proj", "time_embedding"]
+    top = unit_candidates(unet, TOP_LEVEL)
+    assert "down_blocks.0" in top and "up_blocks.2" in top and "mid_block" in top
+    assert not any(".resnets." in u for u in top)
     late = [n for n in layers if n.startswith("up_blocks.2")]
     engine = ReplayEngine(unet, batches, late)
     needed = engine.needed_units()
