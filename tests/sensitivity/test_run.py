@@ -1,0 +1,139 @@
+"""Whole runs through the CLI: outputs, resume after an interruption, settings, errors."""
+
+import json
+
+import pytest
+
+from quant.cli import main
+from quant.sensitivity.results import COLUMNS, LayerLog, read_csv, read_protect
+
+SUBSET = "conv_out|up_blocks.2.resnets.2|up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v"
+LAYERS = ["up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v",
+          "up_blocks.2.resnets.2.conv1", "up_blocks.2.resnets.2.time_emb_proj",
+          "up_blocks.2.resnets.2.conv2", "up_blocks.2.resnets.2.conv_shortcut", "conv_out"]
+
+
+def args(tiny_dir, calib_dir, out, *extra):
+    return ["sensitivity", "--model", str(tiny_dir), "--calib", str(calib_dir), "--out", str(out),
+            "--device", "cpu", "--layers", SUBSET, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, calib_dir, tmp_path_factory):
+    """One uninterrupted run on the subset."""
+    out = tmp_path_factory.mktemp("sens-run") / "sens.csv"
+    assert main(args(tiny_dir, calib_dir, out)) == 0
+    return out
+
+
+def test_run_writes_table_protect_list_heatmap_summary(finished, capsys):
+    from PIL import Image
+
+    rows = read_csv(finished)
+    assert finished.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert [r.layer for r in rows[::5]] == LAYERS and len(rows) == 30
+    assert {r.group for r in rows if r.layer == LAYERS[0]} == {"content"}
+    protect = read_protect(finished.with_name("sens.protect.txt"))
+    assert len(protect) == 1
+    a4 = min((r.sqnr_db, r.layer) for r in rows if r.target == "act" and r.bits == 4)
+    assert protect == [a4[1]]
+    with Image.open(finished.with_name("sens.heatmap.png")) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    summary = json.loads(finished.with_name("sens.summary.json").read_text())
+    assert summary["evaluations"] == 30 and summary["baseline"]["sqnr_db"] == "inf"
+    assert summary["speedup"] > 1  # these layers sit at the end of the UNet
+
+
+def test_rerun_of_a_finished_run_measures_nothing(finished, tiny_dir, calib_dir, capsys):
+    before = finished.read_bytes()
+    assert main(args(tiny_dir, calib_dir, finished)) == 0
+    assert "measured 0 now" in capsys.readouterr().out
+    assert finished.read_bytes() == before
+
+
+def test_interrupted_run_resumes_without_redoing_or_losing(finished, tiny_dir, calib_dir,
+                                                          tmp_path, monkeypatch, capsys):
+    from quant.sensitivity.measure import Measurer
+
+    out = tmp_path / "sens.csv"
+    real = Measurer.measure
+    calls = []
+
+    def measure_then_stop(self, name, on_evaluation=None):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(name)
+        return real(self, name, on_evaluation)
+
+    monkeypatch.setattr(Measurer, "measure", measure_then_stop)
+    assert main(args(tiny_dir, calib_dir, out)) == 130
+    assert "interrupted" in capsys.readouterr().err
+    log = LayerLog(tmp_path / "sens.csv.parts" / "rank-00000.jsonl")
+    assert list(log.read()) == LAYERS[:2] and not out.exists()
+    with open(log.path, "ab") as f:  # and a torn line, as a kill during a write leaves
+        f.write(b'{"layer":"up_blocks.2.resnets.2.time_emb_proj","rows":[["up')
+    calls.clear()
+    monkeypatch.setattr(Measurer, "measure", lambda self, name, on_evaluation=None: (
+        calls.append(name), real(self, name, on_evaluation))[1])
+    assert main(args(tiny_dir, calib_dir, out)) == 0
+    assert calls == LAYERS[2:]
+    assert out.read_bytes() == finished.read_bytes()
+
+
+def test_other_settings_are_refused(finished, tiny_dir, calib_dir, capsys):
+    assert main(args(tiny_dir, calib_dir, finished, "--act-bits", "8")) == 2
+    err = capsys.readouterr().err
+    assert "different settings (config)" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--weight-bits", "1,4"], "unsupported weight bit width 1"),
+    (["--act-bits", "2"], "unsupported activation bit width 2"),
+    (["--layers", "nothing_matches_this"], "matches none"),
+    (["--quantized-base", "/nonexistent/q"], "no such folder"),
+])
+def test_bad_arguments_are_one_line_errors(tiny_dir, calib_dir, tmp_path, capsys, extra, match):
+    assert main(args(tiny_dir, calib_dir, tmp_path / "s.csv", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+
+
+def test_bad_paths_are_one_line_errors(tiny_dir, calib_dir, tmp_path, capsys):
+    assert main(args(tiny_dir, tmp_path / "none", tmp_path / "s.csv")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(args(tiny_dir, calib_dir, tmp_path / "s.txt")) == 2
+    assert ".csv" in capsys.readouterr().err
+
+
+def test_quantized_base(tiny_dir, calib_dir, calib, tmp_path, capsys):
+    """Sensitivity on top of a W8A8 checkpoint: every row is below the base's own SQNR."""
+    import math
+
+    from quant.bitmap import BitMap
+    from quant.checkpoint import save_quantized
+    from quant.models import load_fp_pipeline
+    from quant.quantize import output_sqnr, quantize_unet
+    from quant.structure import quantizable_layers
+
+    unet = load_fp_pipeline(str(tiny_dir), device="cpu").unet
+    bit_map = BitMap.uniform(quantizable_layers(unet), 8, 8)
+    bit_map.layers["conv_out"] = type(bit_map.layers["conv_out"])(8, None)  # input kept float
+    batches = list(calib.batches(8))
+    quantize_unet(unet, bit_map, batches, progress=False)
+    base_sqnr = output_sqnr(unet, batches)
+    save_quantized(unet, tmp_path / "q", base_model=str(tiny_dir))
+    out = tmp_path / "s.csv"
+    assert main(args(tiny_dir, calib_dir, out, "--quantized-base", str(tmp_path / "q"),
+                     "--layers", "conv_out|up_blocks.2.resnets.2.conv2", "--ssim", "none")) == 0
+    rows = read_csv(out)
+    assert len(rows) == 10 and all(r.ssim is None for r in rows)
+    for r in rows:
+        assert r.sqnr_db < base_sqnr + 0.5
+        if (r.target, r.bits) == ("weight", 8) or (r.layer, r.target, r.bits) == (
+                "up_blocks.2.resnets.2.conv2", "act", 8):
+            # the base's own bits (output_sqnr rounds through float32)
+            assert r.sqnr_db == pytest.approx(base_sqnr, abs=1e-4)
+    conv_out = {(r.target, r.bits): r.sqnr_db for r in rows if r.layer == "conv_out"}
+    assert conv_out[("weight", 2)] < conv_out[("weight", 4)] < base_sqnr
+    assert conv_out[("act", 4)] < conv_out[("act", 8)] < base_sqnr  # its range was calibrated
+    assert math.isfinite(conv_out[("act", 4)])
