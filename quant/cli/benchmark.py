@@ -14,7 +14,10 @@ from .common import add_model_args, positive_int
 
 def register(sub):
     p = sub.add_parser("benchmark", help="compare full-precision and quantized pipelines "
-                       "(FID, CLIPScore, PSNR/SSIM, latency, memory)")
+                       "(FID, CLIPScore, PSNR/SSIM, latency, memory)",
+                       description="Compare the full-precision pipeline with quantized ones. "
+                       "With --model proxy and no --quantized/--prompts, run MixDQ's ablation "
+                       "on the trained proxy (content accuracy, FID, SQNR, SSIM, weight MB).")
     add_model_args(p)
     p.add_argument("--quantized", action="append", default=[], metavar="[NAME=]QUANT_DIR",
                    help="a folder written by `mixdq quantize` (repeat for several); NAME= sets "
@@ -89,7 +92,19 @@ def _named(item: str) -> tuple[str | None, str]:
     return None, item
 
 
+def _proxy_ablation(args) -> int:
+    """``--model proxy`` without --quantized/--prompts: MixDQ's ablation on the trained proxy."""
+    from ..proxy.ablation import markdown, run_ablation
+
+    report = run_ablation(args.out, device=args.device)
+    print(markdown(report), end="")
+    print(f"wrote {args.out}/ablation.json, ablation.md, ablation_grid.png")
+    return 0
+
+
 def run(args) -> int:
+    if args.model == "proxy" and not (args.quantized or args.prompts or args.prompt):
+        return _proxy_ablation(args)
     from ..bench import (BenchmarkConfig, GenerationSettings, fp_variant, init_shard,
                          quantized_variant, run_benchmark)
 
