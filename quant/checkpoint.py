@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bitmap import BitMap, LayerBits
+from .bitmap import BitMap, LayerBits, check_bits
 from .errors import MixDQError
 from .packing import pack, unpack
 from .qmodules import qmodule_class
@@ -227,8 +227,9 @@ def _load_layer(module: nn.Module, name: str, entry: dict, tensors: dict, quant_
                          f"{tuple(module.weight.shape)} in this UNet")
     layer = cls.from_module(module, None, None, name=name, weight_scale=method, split=split,
                             bos=bos)
+    check_bits(w, "weight", name)
+    check_bits(a, "activation", name)
     if w is not None:
-        LayerBits(w, None)
         k = module.weight[0].numel()
         layer.pin_weight(w, unpack(tensor("qweight"), w, k), tensor("wscale"))
     if f"{name}.act_range" in tensors:

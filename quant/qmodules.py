@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bitmap import check_bits
+from .bos import full_precision_row
 from .errors import MixDQError
 from .quantizer import (WEIGHT_SCALES, act_qparams, dequantize_weight, fake_quantize_act,
                         quantize_weight, weight_scale)
@@ -112,7 +113,9 @@ class QuantLayer:
     def set_bits(self, w=KEEP, a=KEEP) -> None:
         """Change the weight and/or activation bits (``None`` = floating point).
 
-        Cheap: quantized weights are cached per bit width, nothing is re-created.
+        Cheap: integer weights are cached per bit width (one byte per parameter each, until
+        :meth:`clear_cache`), nothing is re-created; only the dequantized weight of the bits in
+        use is kept.
 
         Raises:
             MixDQError: an unsupported bit width, naming this layer.
@@ -120,6 +123,8 @@ class QuantLayer:
         if w is not KEEP:
             check_bits(w, "weight", self.layer_name)
             self.w_bits = w
+            if w != self._w_hat_bits:
+                self._w_hat = self._w_hat_bits = None
         if a is not KEEP:
             check_bits(a, "activation", self.layer_name)
             self.a_bits = a
@@ -228,9 +233,7 @@ class QuantLayer:
 
     def set_bos_input(self, row: torch.Tensor) -> None:
         """Precompute the full-precision output of the BOS token from its input ``row`` ``[D]``."""
-        w = self.weight.detach().float()
-        b = None if self.bias is None else self.bias.detach().float()
-        self.bos_row = F.linear(row.detach().float().reshape(1, -1), w, b)[0]
+        self.bos_row = full_precision_row(self.weight, self.bias, row)
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.active_a_bits

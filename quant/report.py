@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import struct
-from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -132,6 +131,30 @@ def checkpoint_weight_bytes(quant_dir: str | Path) -> int:
     return sum(v for k, v in sizes.items() if k.endswith((".qweight", ".wscale")))
 
 
+def random_unet(config: str | Path | Mapping, *, dtype=None, seed: int = 0, meta: bool = False):
+    """A diffusers UNet built from ``config`` (a dict or a ``config.json``) with random weights.
+
+    Built on the meta device and filled in place (normal, std 0.02) in ``dtype`` (default fp16),
+    so a full SDXL UNet needs only its fp16 bytes (~5 GB) of memory. ``meta=True`` returns the
+    meta-device model (shapes only).
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(config, Mapping):
+        config = json.loads(Path(config).read_text(encoding="utf-8"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(dict(config))
+    if meta:
+        return unet
+    unet = unet.to(dtype=dtype or torch.float16).to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(unet.parameters()) + list(unet.buffers()):
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.02)
+    return unet.eval()
+
+
 def measure_checkpoint_sizes(unet: nn.Module, weight_bits: Iterable[int], work_dir: str | Path,
                              base_model: str = "random") -> list[dict]:
     """Quantize ``unet`` at each uniform weight width (float activations) and weigh the checkpoints.
@@ -162,6 +185,17 @@ def measure_checkpoint_sizes(unet: nn.Module, weight_bits: Iterable[int], work_d
                      "file_bytes": (out / WEIGHTS_FILE).stat().st_size,
                      "ratio": stored / report.bytes_before})
     return rows
+
+
+def format_size_table(rows: list[dict]) -> str:
+    """The rows of :func:`measure_checkpoint_sizes` as a plain-text table."""
+    lines = [f"{'weights':<8} {'layers':>7} {'fp16 MB':>10} {'ckpt MB':>10} {'predicted MB':>13} "
+             f"{'file MB':>10} {'ratio':>7}"]
+    for r in rows:
+        lines.append(f"{'W' + str(r['bits']):<8} {r['layers']:>7} {r['fp16_bytes'] / 1e6:>10.2f} "
+                     f"{r['weight_bytes'] / 1e6:>10.2f} {r['predicted_bytes'] / 1e6:>13.2f} "
+                     f"{r['file_bytes'] / 1e6:>10.2f} {100 * r['ratio']:>6.1f}%")
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,9 +247,3 @@ def format_sqnr_table(rows: list[tuple[Setting, float]]) -> str:
     lines = [f"{'setting':<16} {'SQNR dB':>8}"]
     lines += [f"{s.label:<16} {v:>8.2f}" for s, v in rows]
     return "\n".join(lines)
-
-
-def bits_histogram(unet: nn.Module) -> Counter:
-    """``Counter`` of ``(kind, w, a)`` over the quantized layers (for quick checks)."""
-    return Counter((m.kind, m.active_w_bits, m.active_a_bits) for m in unet.modules()
-                   if getattr(m, "is_quantized_module", False))

@@ -19,11 +19,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..bos import BosObserver
 from ..errors import MixDQError
-
-# How far the BOS row may differ between calibration samples, relative to its largest entry:
-# room for kernel-level float noise, far below what a prompt-dependent first token would show.
-BOS_TOLERANCE = 1e-2
 
 
 @dataclasses.dataclass
@@ -31,8 +28,7 @@ class _Track:
     lo: torch.Tensor
     hi: torch.Tensor
     calls: int = 1
-    bos_ref: torch.Tensor | None = None
-    bos_dev: torch.Tensor | None = None
+    bos: BosObserver | None = None
 
 
 class ActivationCalibration:
@@ -103,26 +99,15 @@ class ActivationCalibration:
             track.hi = m * track.hi + (1 - m) * hi
             track.calls += 1
         if bos_input is not None:
-            rows = bos_input.detach().float()
-            if track.bos_ref is None:
-                track.bos_ref = rows[0].clone()
-                track.bos_dev = torch.zeros((), device=rows.device)
-            dev = (rows - track.bos_ref).abs().amax()
-            track.bos_dev = torch.maximum(track.bos_dev, dev)
+            if track.bos is None:
+                track.bos = BosObserver()
+            track.bos.update(bos_input)
 
     def _apply(self) -> None:
         for name, track in self._tracks.items():
             layer = self.layers[name]
-            if track.bos_ref is not None:
-                dev = float(track.bos_dev)
-                tol = BOS_TOLERANCE * max(float(track.bos_ref.abs().max()), 1e-6)
-                if not dev <= tol:
-                    raise MixDQError(
-                        f"layer {name}: the first (BOS) token's text embedding differs between "
-                        f"calibration samples (max |diff| {dev:.4g} > {tol:.4g}); BOS-aware "
-                        f"quantization needs a causal text encoder and no zeroed negative "
-                        f"prompts - recalibrate without them or turn BOS handling off (--no-bos)")
-                layer.set_bos_input(track.bos_ref)
+            if track.bos is not None:
+                layer.set_bos_input(track.bos.constant_row(name))
             ranges = list(zip(track.lo.tolist(), track.hi.tolist()))
             layer.set_act_range(ranges)
             self.ranges[name] = ranges
