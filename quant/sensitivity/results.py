@@ -158,7 +158,8 @@ def read_csv(path: str | os.PathLike) -> list[Row]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise MixDQError(f"{path}: cannot read the sensitivity table ({type(e).__name__})") from None
+        raise MixDQError(f"{path}: cannot read the sensitivity table "
+                         f"({type(e).__name__})") from None
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or tuple(header) != COLUMNS:

@@ -34,7 +34,7 @@ def test_replayed_forward_equals_stock_forward_bit_for_bit(setup):
     starts = distinct_starts(engine, layers)
     assert len(starts) > 40
     for name in starts:
-        with engine.replaying(name) as units:
+        with engine.replaying(name):
             outs = [engine.run(i) for i in range(len(batches))]
         for y, ref in zip(outs, base):
             assert torch.equal(y, ref), name
