@@ -110,7 +110,7 @@ class SensitivityTable:
             size = _int(row["size"], "size", where)
             if size <= 0:
                 raise MixDQError(f"{where}: size must be positive, got {size}")
-            sqnr = _float(row["sqnr_db"], "sqnr_db", where)
+            sqnr = _sqnr(row["sqnr_db"], where)
             ssim = None if not (row["ssim"] or "").strip() else _float(row["ssim"], "ssim", where)
             if ssim is not None:
                 # float32 SSIM of identical images can come out as 1.0000001: tolerate rounding.
@@ -237,6 +237,22 @@ def _int(text: str | None, column: str, where: str) -> int:
         return int((text or "").strip())
     except ValueError:
         raise MixDQError(f"{where}: {column} {text!r} is not an integer") from None
+
+
+# The sensitivity stage writes +inf when quantizing a layer changed nothing measurable and -inf
+# when it made the UNet output non-finite; both are real measurements, kept finite here so the
+# objective stays well defined: +inf is "as good as it gets", -inf "never choose this".
+SQNR_CEIL_DB = 200.0
+SQNR_FLOOR_DB = -100.0
+
+
+def _sqnr(text: str | None, where: str) -> float:
+    stripped = (text or "").strip().lower()
+    if stripped in ("inf", "+inf", "infinity", "+infinity"):
+        return SQNR_CEIL_DB
+    if stripped in ("-inf", "-infinity"):
+        return SQNR_FLOOR_DB
+    return min(max(_float(text, "sqnr_db", where), SQNR_FLOOR_DB), SQNR_CEIL_DB)
 
 
 def _float(text: str | None, column: str, where: str) -> float:

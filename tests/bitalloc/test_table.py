@@ -110,3 +110,12 @@ def test_protect_list(tmp_path):
         read_protect_list(path, ["conv_in"])
     with pytest.raises(MixDQError, match="no such file"):
         read_protect_list(tmp_path / "nope.txt", [])
+
+
+def test_infinite_sqnr_from_the_sensitivity_stage_is_clamped():
+    # +inf: quantizing the layer changed nothing; -inf: the output went non-finite
+    body = GOOD.replace("conv_in,quality,weight,8,50,", "conv_in,quality,weight,8,inf,")
+    body = body.replace("conv_in,quality,act,8,30,", "conv_in,quality,act,8,-inf,")
+    t = parse(body)
+    assert t.get("conv_in", "weight").sqnr_db[8] == 200.0
+    assert t.get("conv_in", "act").sqnr_db[8] == -100.0
