@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -115,7 +116,10 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
     captions = eval_captions("all", config.eval_repeats)
     calib_dir, sens_csv = out / "calib", out / "sensitivity" / "sens.csv"
     pipe = load_fp_pipeline(MODEL, device)
-    calib_captions = eval_captions("train", 1)[:config.calib_prompts]
+    # A seeded sample, not the first N: captions come in grammar order, and the first few share
+    # one colour and shape, which would leave the activation ranges too narrow for the rest.
+    train = eval_captions("train", 1)
+    calib_captions = random.Random(config.seed).sample(train, min(config.calib_prompts, len(train)))
     if not (calib_dir / "manifest.json").exists():
         log(f"[ablation] calibrating on {len(calib_captions)} training captions")
         record_calibration(pipe, calib_captions, calib_dir, batch_size=config.batch_size,
