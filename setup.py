@@ -81,7 +81,7 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "peft>=0.10", "datasets>=2.14"],
+        "test": ["pytest>=7", "hypothesis>=6", "scipy>=1.9", "peft>=0.10", "datasets>=2.14"],
         "data": ["datasets>=2.14"],
         "lora": ["peft>=0.10"],
     },
