@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from .bitmap import BitMap
+from .calib.store import UNET_KEYS
 from .errors import MixDQError
 from .qmodules import qmodule_class
 from .structure import is_cross_attention_kv, quantizable_layers
 
-UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs",
-               "timestep_cond")
+UNET_INPUTS = UNET_KEYS  # every UNet input a calibration records
 _REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 
 
@@ -143,7 +143,7 @@ def run_unet(unet: nn.Module, batch: Mapping) -> torch.Tensor:
 
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],
                   *, bos: bool = True, weight_scale: str = "mse", momentum: float = 0.95,
-                  progress: bool = True) -> nn.Module:
+                  range_reduction: str = "auto", progress: bool = True) -> nn.Module:
     """Prepare ``unet`` with ``bit_map`` and calibrate its activation ranges, in place.
 
     Args:
@@ -153,6 +153,9 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         bos: BOS-aware quantization of cross-attention key/value inputs.
         weight_scale: ``"mse"`` or ``"minmax"``.
         momentum: moving-average momentum of the activation ranges.
+        range_reduction: how ranges are reduced over batches (:mod:`quant.calib.ranges`):
+            ``auto`` (the original's EMA for a one-step calibration, running min/max when the
+            batches' ``step`` shows several steps), ``ema`` or ``minmax``.
         progress: show a tqdm bar over the batches.
 
     Returns:
@@ -168,8 +171,11 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
 
     prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
     count = 0
-    with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
+    with torch.no_grad(), calibrate_activations(unet, momentum=momentum,
+                                                reduction=range_reduction) as cal:
         for batch in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress):
+            if "step" in batch:
+                cal.note_steps(batch["step"])
             run_unet(unet, batch)
             count += 1
         if count == 0:

@@ -21,6 +21,11 @@ from ..utils.io import save_image, write_json
 from . import store
 
 
+# UNet arguments handled by name below (``return_dict`` is the pipeline's business).
+_KNOWN = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond",
+          "return_dict")
+
+
 class UNetRecorder:
     """Hooks on a UNet that keep, for every call, its inputs and its output (on the CPU).
 
@@ -63,7 +68,17 @@ class UNetRecorder:
             "added_cond_kwargs": {k: _cpu(v) for k, v in added.items()
                                   if isinstance(v, torch.Tensor)},
             "timestep_cond": _cpu(bound.get("timestep_cond")),
+            "extra": {},
         }
+        for key, value in bound.items():
+            if key in _KNOWN or value is None or (isinstance(value, dict) and not value):
+                continue
+            if key in store.OPTIONAL_KEYS and isinstance(value, torch.Tensor):
+                self._pending["extra"][key] = _cpu(value)
+            else:
+                raise MixDQError(f"the pipeline passes {key} to its UNet; calibration records "
+                                 f"only {', '.join(store.UNET_KEYS)} (a ControlNet, adapter or "
+                                 f"runtime LoRA scale is not supported: fuse LoRAs first)")
 
     def _after(self, module, args, output):
         if isinstance(output, (tuple, list)):
@@ -105,6 +120,11 @@ def _rows(calls: list[dict], first_prompt: int, n_prompts: int, steps: int) -> d
             row[store.ADDED_PREFIX + key] = value
         if call["timestep_cond"] is not None:
             row["timestep_cond"] = call["timestep_cond"]
+        for key, value in call["extra"].items():
+            if value.dim() == 0 or value.shape[0] != n_rows:
+                raise MixDQError(f"the pipeline passed {key} of shape {list(value.shape)} to "
+                                 f"its UNet; calibration records one row per sample")
+            row[key] = value
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
     return {k: torch.cat(v) for k, v in columns.items()}

@@ -32,11 +32,13 @@ MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 IMAGE_DIR = "images"
 ADDED_PREFIX = "added_cond_kwargs."
-# Keys of a batch besides the added conditions; `timestep_cond` only for guidance-embedded models.
+# Keys of a batch besides the added conditions. Optional UNet inputs are recorded when the
+# pipeline passes them: `timestep_cond` for guidance-embedded models, `class_labels` and the
+# attention masks for pipelines that use them.
 ROW_KEYS = ("sample", "timestep", "encoder_hidden_states", "output", "step", "prompt_index",
             "cond")
-OPTIONAL_KEYS = ("timestep_cond",)
-UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond")
+OPTIONAL_KEYS = ("timestep_cond", "class_labels", "attention_mask", "encoder_attention_mask")
+UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", *OPTIONAL_KEYS)
 
 
 def shard_name(index: int) -> str:

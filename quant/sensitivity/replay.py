@@ -25,13 +25,13 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..calib.store import UNET_KEYS  # the UNet inputs a calibration records
 from ..errors import MixDQError
 
 # Only the UNet's top-level blocks and leaves: caching the inputs of the layer's block.
 TOP_LEVEL = ("down_blocks", "up_blocks")
 DEFAULT_CONTAINERS = ("down_blocks", "up_blocks", "resnets", "attentions", "downsamplers",
                       "upsamplers", "transformer_blocks")
-UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond")
 
 
 def run_unet(unet: nn.Module, batch: dict) -> torch.Tensor:

@@ -1,0 +1,78 @@
+"""Multi-step quantization figures: UNet-output SQNR per denoising step and over all steps.
+
+    record = calibrate_and_quantize(pipe, prompts, folder, steps=4, w_bits=8, a_bits=8)
+    record.per_step_db, record.sqnr_db
+
+Used to choose the activation-range reduction (``scripts/bench_range_reduction.py``) and by the
+tests that check every pipeline family end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+
+
+@dataclasses.dataclass
+class StepSqnr:
+    """SQNR of a quantized UNet's output against the recorded full-precision output.
+
+    Attributes:
+        sqnr_db: over every recorded sample (all steps and guidance rows; summed noise power).
+        per_step_db: the same restricted to each denoising step, in step order.
+        reduction: the activation-range reduction that was applied.
+    """
+
+    sqnr_db: float
+    per_step_db: list[float]
+    reduction: str
+
+
+def step_sqnr(unet, calib, batch_size: int = 8) -> tuple[float, list[float]]:
+    """``(all steps, per step)`` output SQNR in dB of ``unet`` on the calibration ``calib``."""
+    from ..quantize import output_sqnr
+
+    param = next(unet.parameters())
+    total = output_sqnr(unet, calib.batches(batch_size, param.device, param.dtype))
+    per_step = [output_sqnr(unet, calib.batches(batch_size, param.device, param.dtype, steps=s))
+                for s in range(calib.steps)]
+    return total, per_step
+
+
+def quantize_and_measure(unet, calib, *, w_bits: int | None = 8, a_bits: int | None = 8,
+                         reduction: str = "auto", bos: bool = True,
+                         batch_size: int = 8) -> StepSqnr:
+    """Quantize a copy of ``unet`` uniformly on ``calib`` and measure it step by step."""
+    from ..bitmap import BitMap
+    from ..quantize import quantize_unet
+    from ..structure import quantizable_layers
+
+    qunet = copy.deepcopy(unet)
+    names = list(quantizable_layers(qunet))
+    param = next(qunet.parameters())
+    quantize_unet(qunet, BitMap.uniform(names, w_bits, a_bits),
+                  calib.batches(batch_size, param.device, param.dtype), bos=bos,
+                  range_reduction=reduction, progress=False)
+    # ``auto`` resolves as quantize_unet resolved it: every batch carries its ``step``.
+    used = reduction if reduction != "auto" else ("minmax" if calib.steps > 1 else "ema")
+    total, per_step = step_sqnr(qunet, calib, batch_size)
+    return StepSqnr(total, per_step, used)
+
+
+def calibrate_and_quantize(pipe, prompts: list[str], folder: str | Path, *, steps: int,
+                           guidance: float = 0.0, w_bits: int = 8, a_bits: int = 8,
+                           reduction: str = "auto", batch_size: int = 8,
+                           seed: int = 42) -> StepSqnr:
+    """Record a calibration of ``pipe`` into ``folder`` (resumable) and measure a W/A quantization."""
+    from . import CalibrationData
+    from .record import record_calibration
+
+    record_calibration(pipe, prompts, folder, steps=steps, guidance=guidance,
+                       batch_size=batch_size, seed=seed, progress=False)
+    calib = CalibrationData(folder)
+    with torch.no_grad():
+        return quantize_and_measure(pipe.unet, calib, w_bits=w_bits, a_bits=a_bits,
+                                    reduction=reduction, batch_size=batch_size)
