@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -32,14 +34,18 @@ def generate(pipe, prompts: list[str], *, steps: int = 1, guidance: float = 0.0,
             ``guidance > 1``), the same for every image. It is always encoded, empty included:
             SDXL's ``force_zeros_for_empty_prompt`` would otherwise zero the unconditional
             embedding, whose first (BOS) row then differs from every prompt's and breaks
-            BOS-aware quantization.
+            BOS-aware quantization. Pipelines without negative prompts (guidance-embedded
+            LCM models) do not get one.
 
     Returns:
         The pipeline's ``images`` for all prompts, in order.
     """
     resolution = resolution or default_resolution(pipe)
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
+    kwargs = {}
+    if "negative_prompt" in inspect.signature(pipe.__call__).parameters:
+        kwargs["negative_prompt"] = [negative_prompt] * len(prompts)
     out = pipe(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance,
                height=resolution, width=resolution, generator=generators,
-               output_type=output_type, negative_prompt=[negative_prompt] * len(prompts))
+               output_type=output_type, **kwargs)
     return out.images

@@ -22,8 +22,8 @@ from pathlib import Path
 from ..errors import MixDQError
 
 # Arguments ``quant.generate.generate`` passes to every pipeline.
-CALL_ARGS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "height",
-             "width", "generator", "output_type")
+CALL_ARGS = ("prompt", "num_inference_steps", "guidance_scale", "height", "width", "generator",
+             "output_type")
 
 
 @dataclasses.dataclass(frozen=True)
