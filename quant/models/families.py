@@ -88,7 +88,7 @@ def read_model_index(source: str) -> dict:
 
         try:
             path = Path(hf_hub_download(source, "model_index.json"))
-        except Exception as e:  # offline, unknown repo, no such file: one line either way
+        except Exception as e:  # noqa: BLE001  offline, unknown repo, no file: one line anyway
             raise MixDQError(f"--model {source}: cannot read its model_index.json "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                              ) from None

@@ -57,8 +57,8 @@ def _text_encoder(tokenizer, hidden: int, heads: int, act: str):
 def _scheduler(name: str):
     import diffusers
 
-    common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                  beta_schedule="scaled_linear", prediction_type="epsilon")
+    common = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+              "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
     if name == "LCMScheduler":
         return diffusers.LCMScheduler(**common, timestep_spacing="leading", steps_offset=1,
                                       original_inference_steps=50, set_alpha_to_one=True)
@@ -67,8 +67,6 @@ def _scheduler(name: str):
 
 def _sd_pipeline(text_hidden: int, text_heads: int, act: str, pad: str, unet_heads, linear: bool,
                  scheduler: str, scaling_factor: float):
-    import dataclasses
-
     from diffusers import StableDiffusionPipeline
 
     from .tokenizer import build_clip_tokenizer
@@ -79,7 +77,7 @@ def _sd_pipeline(text_hidden: int, text_heads: int, act: str, pad: str, unet_hea
     torch.manual_seed(_SEED + 1)
     encoder = _text_encoder(tokenizer, text_hidden, text_heads, act)
     torch.manual_seed(_SEED + 2)
-    vae = _vae(dataclasses.replace(TinyConfig()))
+    vae = _vae(TinyConfig())
     vae.register_to_config(scaling_factor=scaling_factor, force_upcast=False)
     return StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=_scheduler(scheduler), safety_checker=None,

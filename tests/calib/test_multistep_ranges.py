@@ -98,6 +98,6 @@ def test_every_family_within_3_db_of_sdxl_tiny(family_cache, tmp_path):
     results = {m: _measure(m, family_cache, tmp_path, steps=2)["auto"].sqnr_db
                for m in ("tiny", "tiny-sd15", "tiny-sd21", "tiny-sdxl")}
     print(results)
-    for model, sqnr in results.items():
+    for sqnr in results.values():
         assert abs(sqnr - results["tiny"]) <= 3.0, results
         assert sqnr > 15.0, results

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from quant.errors import MixDQError
-from quant.models.families import (defaults, detect, family_of, read_model_index,
-                                   scheduler_for_lora)
+from quant.models.families import (
+    defaults,
+    detect,
+    family_of,
+    read_model_index,
+    scheduler_for_lora,
+)
 from quant.models.tiny_families import build_tiny_family, tiny_family_path
 
 
