@@ -21,7 +21,8 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
                   device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                   execution: str = "auto", cuda_graphs: bool = False, lora: str | None = None,
                   lora_scale: float = 1.0):
-    """Load a stock ``StableDiffusionXLPipeline``, with its UNet quantized when asked.
+    """Load a stock diffusers pipeline (the class ``model_index.json`` names: SDXL, SD 1.5/2.1...),
+    with its UNet quantized when asked.
 
     Args:
         model: Hub id, local diffusers folder, ``"tiny"`` or ``"proxy"``: the float base model

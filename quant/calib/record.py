@@ -270,7 +270,9 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
     files as an uninterrupted one) and does nothing to a finished one.
 
     Args:
-        pipe: an SDXL-style diffusers pipeline (e.g. from :func:`quant.models.load_fp_pipeline`).
+        pipe: a text-to-image diffusers pipeline of any family in :mod:`quant.models.families`
+            (e.g. from :func:`quant.models.load_fp_pipeline`); the UNet inputs it passes are
+            recorded as they are (no added conditions unless the model has them).
         prompts: the prompts, one image each.
         out_dir: the calibration folder to create or resume.
         steps: denoising steps; every step's UNet call is recorded.
