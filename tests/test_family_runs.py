@@ -36,8 +36,8 @@ def test_family_presets_plan(name, model, lora, steps, guidance, tmp_path):
 @pytest.mark.parametrize("family", ["sd15", "sd21", "sdxl"])
 def test_mixdq_run_on_each_tiny_family(family, tmp_path, monkeypatch):
     """Every stage of the family's config, made smaller: 4 calibration prompts, sensitivity on
-    one prompt with SQNR only and 4/8-bit weight candidates (the allocation uses SQNR as its
-    content metric), 2 benchmark prompts. The configs as shipped also measure SSIM (minutes)."""
+    one prompt with SQNR only (the allocation uses SQNR as its content metric), 2 benchmark
+    prompts. The configs as shipped also measure SSIM (5-10 minutes each on a CPU)."""
     import yaml
 
     from quant.cli import main
@@ -46,8 +46,7 @@ def test_mixdq_run_on_each_tiny_family(family, tmp_path, monkeypatch):
     data = yaml.safe_load((CONFIGS / f"tiny_{family}.yaml").read_text())
     prompts = str(CONFIGS / data["calibrate"]["prompts"])
     data["calibrate"].update(prompts=prompts, num_prompts=4)
-    data["sensitivity"] = {"calib": {"num_prompts": 1}, "ssim": "none",
-                           "weight_bits": "4,8", "act_bits": "8"}
+    data["sensitivity"] = {"calib": {"num_prompts": 1}, "ssim": "none"}
     for variant in data["variants"]:
         if "allocate" in variant:
             variant["allocate"]["content_metric"] = "sqnr"
