@@ -32,8 +32,18 @@ from typing import Any, Callable
 
 from .errors import MixDQError
 from .models.spec import ModelSpec
-from .stages import (AllocateOptions, BenchmarkOptions, CalibrateOptions, QuantizeOptions,
-                     SensitivityOptions, allocate, benchmark, calibrate, quantize, sensitivity)
+from .stages import (
+    AllocateOptions,
+    BenchmarkOptions,
+    CalibrateOptions,
+    QuantizeOptions,
+    SensitivityOptions,
+    allocate,
+    benchmark,
+    calibrate,
+    quantize,
+    sensitivity,
+)
 from .utils.io import write_json
 
 STAGE_RECORD = "stage.json"
@@ -81,7 +91,8 @@ class RunConfig:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise MixDQError(f"run config {path}: malformed YAML ({str(e).splitlines()[0]})") from None
+            first = str(e).splitlines()[0]
+            raise MixDQError(f"run config {path}: malformed YAML ({first})") from None
         data = _mapping(data, f"run config {path}")
         for item in overrides:
             _override(data, item)

@@ -37,6 +37,28 @@ def tiny_pipe(tiny_dir):
     return load_fp_pipeline(str(tiny_dir), device="cpu")
 
 
+def make_lora(tiny_dir, path):
+    """A random LoRA on the tiny UNet's attention projections, saved as diffusers does."""
+    peft = pytest.importorskip("peft")
+    from diffusers import StableDiffusionXLPipeline
+
+    from quant.models import load_fp_pipeline
+
+    pipe = load_fp_pipeline(str(tiny_dir), "cpu")
+    torch.manual_seed(0)
+    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                          target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionXLPipeline.save_lora_weights(
+        path, unet_lora_layers=peft.utils.get_peft_model_state_dict(pipe.unet))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_dir, tmp_path_factory):
+    """A LoRA folder for the tiny pipeline (see :func:`make_lora`)."""
+    return make_lora(tiny_dir, tmp_path_factory.mktemp("lora") / "lora")
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """``../shared/data`` beside the checkout; tests that need it skip when it is absent."""

@@ -116,15 +116,9 @@ def layer_sizes(unet: nn.Module, latent: int, tokens: int = 77) -> tuple[dict[st
 
 
 def _sdxl_meta():
-    import json
-    from importlib import resources
+    from ..unet import random_unet, sdxl_unet_config
 
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    cfg = json.loads(resources.files("quant.configs").joinpath("sdxl_unet.json").read_text())
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(cfg)
+    return random_unet(sdxl_unet_config(), meta=True)
 
 
 

@@ -15,12 +15,12 @@ def register(sub):
     p.add_argument("--sensitivity", required=True, metavar="SENS.csv",
                    help="table written by 'mixdq sensitivity'")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--weight-bits", metavar="W", type=float,
+    budget.add_argument("--weight-bits", metavar="W",
                         help="weight budget: average bits, e.g. 4.0 (omitted: weights stay "
                         "floating point)")
-    budget.add_argument("--weight-mb", metavar="MB", type=float,
+    budget.add_argument("--weight-mb", metavar="MB",
                         help="weight budget: megabytes of integer weights (sum params*bits/8e6)")
-    p.add_argument("--act-bits", metavar="A", type=float,
+    p.add_argument("--act-bits", metavar="A",
                    help="activation budget: average bits, protected layers counting as 16 "
                    "(omitted: activations stay floating point)")
     p.add_argument("--protect", metavar="FILE",
@@ -55,8 +55,20 @@ def run(args) -> int:
     candidates = {key: _candidates(getattr(args, key), key)
                   for key in ("weight_candidates", "act_candidates")
                   if getattr(args, key) is not None}
-    allocate(stage_options(AllocateOptions, args, **candidates), args.sensitivity, args.out)
+    budgets = {key: _number(getattr(args, key), what)
+               for key, what in (("weight_bits", "average bits"), ("weight_mb", "megabytes"),
+                                 ("act_bits", "average bits"))
+               if getattr(args, key) is not None}
+    allocate(stage_options(AllocateOptions, args, **candidates, **budgets), args.sensitivity,
+             args.out)
     return 0
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise MixDQError(f"budget {text!r} is not a number of {what}") from None
 
 
 def _candidates(items: list[str], field: str) -> dict[str, list[int]]:

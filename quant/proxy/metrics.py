@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import MixDQError
+from ..unet import sqnr_db  # noqa: F401  (re-exported)
 from .classifier import AttributeClassifier
 from .model import check_resolution, classifier_file
 from .scenes import ATTRIBUTES, SPLITS, Scene, render_caption
@@ -80,18 +79,13 @@ def content_scores(classifier: AttributeClassifier, images: torch.Tensor,
     return scores
 
 
-def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
-    """``10 log10(sum ref^2 / sum (test - ref)^2)`` in dB (inf when identical)."""
-    ref = reference.double()
-    err = (test.double() - ref).pow(2).sum().item()
-    return float("inf") if err == 0 else 10 * math.log10(ref.pow(2).sum().item() / err)
-
-
 def fidelity(images: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
     """SQNR, PSNR and SSIM of ``images`` against ``references`` (both ``[B, 3, H, W]`` in
     [0, 1])."""
-    from torchmetrics.functional.image import (peak_signal_noise_ratio,
-                                               structural_similarity_index_measure)
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
 
     if images.shape != references.shape:
         raise MixDQError(f"images {tuple(images.shape)} and references "

@@ -68,7 +68,7 @@ def test_cli_coco30k_csv_and_noop_rerun(tiny_dir, shared_data, tmp_path, capsys)
     (["--prompts", "missing.json"], "does not exist"),
     (["--prompts", "FILE.yaml"], "unknown prompt file format"),
     (["--prompts", "CSV", "--column", "caption"], "no column 'caption'"),
-    (["--prompts", "CSV", "--num-prompts", "0"], "--num-prompts must be a positive integer"),
+    (["--prompts", "CSV", "--num-prompts", "0"], "calibrate.num_prompts: must be positive, got 0"),
 ])
 def test_cli_errors_are_one_line(shared_data, tmp_path, capsys, extra, match):
     (tmp_path / "FILE.yaml").write_text("a: 1\n")
