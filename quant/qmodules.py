@@ -27,14 +27,8 @@ from torch import nn
 from .bitmap import check_bits
 from .bos import full_precision_row
 from .errors import MixDQError
-from .quantizer import (
-    WEIGHT_SCALES,
-    act_qparams,
-    dequantize_weight,
-    fake_quantize_act,
-    quantize_weight,
-    weight_scale,
-)
+from .quantizer import (WEIGHT_SCALES, act_qparams, dequantize_weight, fake_quantize_act,
+                        quantize_weight, weight_scale)
 
 QMODULES: dict[type, type] = {}  # float class -> quantized class; filled only by the decorator
 

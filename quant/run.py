@@ -32,18 +32,8 @@ from typing import Any, Callable
 
 from .errors import MixDQError
 from .models.spec import ModelSpec
-from .stages import (
-    AllocateOptions,
-    BenchmarkOptions,
-    CalibrateOptions,
-    QuantizeOptions,
-    SensitivityOptions,
-    allocate,
-    benchmark,
-    calibrate,
-    quantize,
-    sensitivity,
-)
+from .stages import (AllocateOptions, BenchmarkOptions, CalibrateOptions, QuantizeOptions,
+                     SensitivityOptions, allocate, benchmark, calibrate, quantize, sensitivity)
 from .utils.io import write_json
 
 STAGE_RECORD = "stage.json"

@@ -118,8 +118,8 @@ class TorchScriptExtractor(nn.Module):
 
 def _torch_fidelity_inception(weights: Path) -> nn.Module:
     try:
-        import torch_fidelity  # noqa: F401
         from torchmetrics.image.fid import NoTrainInceptionV3
+        import torch_fidelity  # noqa: F401
     except ImportError:
         raise MixDQError(f"--inception {weights}: this Inception state dict needs the "
                          f"torch-fidelity package (pip install torch-fidelity), or pass a "

@@ -37,9 +37,9 @@ class Variant:
 
 
 def _dtype_name(device, dtype) -> str:
-    import torch
-
     from ..precision import default_device, resolve_dtype
+
+    import torch
 
     device = torch.device(device) if device is not None else default_device()
     return str(resolve_dtype(device, dtype)).replace("torch.", "")

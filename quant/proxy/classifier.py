@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import MixDQError
-from .scenes import ATTRIBUTES, Scene, ShapesDataset
+from .scenes import ATTRIBUTES, ShapesDataset, Scene
 
 
 class AttributeClassifier(nn.Module):

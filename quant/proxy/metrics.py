@@ -82,10 +82,8 @@ def content_scores(classifier: AttributeClassifier, images: torch.Tensor,
 def fidelity(images: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
     """SQNR, PSNR and SSIM of ``images`` against ``references`` (both ``[B, 3, H, W]`` in
     [0, 1])."""
-    from torchmetrics.functional.image import (
-        peak_signal_noise_ratio,
-        structural_similarity_index_measure,
-    )
+    from torchmetrics.functional.image import (peak_signal_noise_ratio,
+                                               structural_similarity_index_measure)
 
     if images.shape != references.shape:
         raise MixDQError(f"images {tuple(images.shape)} and references "

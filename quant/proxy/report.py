@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .classifier import AttributeClassifier
 from .grid import save_grid
-from .metrics import classifier_fid, content_scores, eval_captions, evaluate, real_images
+from .metrics import content_scores, eval_captions, evaluate, real_images, classifier_fid
 from .scenes import HELD_OUT, TRAIN, Scene
 
 

@@ -6,15 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from ..bitalloc import (
-    AllocConfig,
-    Budget,
-    SensitivityTable,
-    cost_range,
-    read_protect_list,
-    sweep,
-    write_front,
-)
+from ..bitalloc import (AllocConfig, Budget, SensitivityTable, cost_range, read_protect_list,
+                        sweep, write_front)
 from ..bitalloc import allocate as solve
 from ..errors import MixDQError
 from ..options import Options

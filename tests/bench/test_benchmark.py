@@ -7,16 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from quant.bench import (
-    BenchmarkConfig,
-    GenerationSettings,
-    MetricModels,
-    Variant,
-    fp_variant,
-    load_clip,
-    quantized_variant,
-    run_benchmark,
-)
+from quant.bench import (BenchmarkConfig, GenerationSettings, MetricModels, Variant,
+                         fp_variant, load_clip, quantized_variant, run_benchmark)
 from quant.bench.generation import image_path
 from quant.bench.metrics import ImageRewardModel, load_images, psnr_per_image, ssim_per_image
 from quant.cli import main

@@ -4,13 +4,8 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from quant.bench.fid import (
-    FeatureStats,
-    TorchScriptExtractor,
-    fid_from_stats,
-    frechet_distance,
-    load_inception,
-)
+from quant.bench.fid import (FeatureStats, TorchScriptExtractor, fid_from_stats,
+                             frechet_distance, load_inception)
 from quant.errors import MixDQError
 
 

@@ -4,14 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from quant.bench.metrics import (
-    PSNR_CAP_DB,
-    ImageRewardModel,
-    list_images,
-    load_image,
-    psnr_per_image,
-    ssim_per_image,
-)
+from quant.bench.metrics import (PSNR_CAP_DB, ImageRewardModel, list_images, load_image,
+                                 psnr_per_image, ssim_per_image)
 from quant.errors import MixDQError
 
 

@@ -11,7 +11,6 @@ from quant.bitmap import BitMap
 from quant.quantize import quantize_unet, run_unet
 from quant.structure import quantizable_layers
 
-
 def _embeds(pipe, prompts):
     with torch.no_grad():
         embeds, *_ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)

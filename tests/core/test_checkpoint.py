@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from quant.bitmap import BitMap, LayerBits
-from quant.checkpoint import (
-    BITMAP_FILE,
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    load_quantized,
-    save_quantized,
-    unet_hash,
-)
+from quant.checkpoint import (BITMAP_FILE, CONFIG_FILE, WEIGHTS_FILE, load_quantized,
+                              save_quantized, unet_hash)
 from quant.errors import MixDQError
 from quant.quantize import quantize_unet, run_unet
 from quant.structure import quantizable_layers

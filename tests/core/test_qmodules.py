@@ -5,14 +5,10 @@ import torch
 from torch import nn
 
 from quant.errors import MixDQError
-from quant.qmodules import QMODULES, QuantConv2d, QuantLinear, qmodule_class, register_qmodule
-from quant.quantizer import (
-    act_qparams,
-    dequantize_weight,
-    fake_quantize_act,
-    quantize_weight,
-    weight_scale,
-)
+from quant.qmodules import (QMODULES, QuantConv2d, QuantLinear, qmodule_class,
+                            register_qmodule)
+from quant.quantizer import (act_qparams, dequantize_weight, fake_quantize_act,
+                             quantize_weight, weight_scale)
 
 
 def _linear(seed=0, bias=True, device="cpu"):

@@ -6,20 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant.errors import MixDQError
-from quant.quantizer import (
-    act_qparams,
-    act_qrange,
-    dequantize_weight,
-    fake_quantize_act,
-    fake_quantize_weight,
-    quantize_act,
-    quantize_weight,
-    sqnr_db,
-    weight_qmax,
-    weight_scale,
-    weight_scale_minmax,
-    weight_scale_mse,
-)
+from quant.quantizer import (act_qparams, act_qrange, dequantize_weight, fake_quantize_act,
+                             fake_quantize_weight, quantize_act, quantize_weight, sqnr_db,
+                             weight_qmax, weight_scale, weight_scale_minmax, weight_scale_mse)
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -5,7 +5,6 @@ import shutil
 import pytest
 import torch
 
-
 @pytest.fixture(scope="session")
 def emulator(request):
     """The kernels' source compiled for the CPU emulator (cached by source hash)."""

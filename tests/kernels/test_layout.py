@@ -4,15 +4,8 @@ import pytest
 import torch
 
 from quant.errors import MixDQError
-from quant.kernels.layout import (
-    conv_weight_nhwc,
-    pack_int4,
-    pad_last,
-    round_up,
-    tap_sums,
-    unpack_int4,
-    weight_sums,
-)
+from quant.kernels.layout import (conv_weight_nhwc, pack_int4, pad_last, round_up, tap_sums,
+                                  unpack_int4, weight_sums)
 from quant.packing import pack, unpack
 
 

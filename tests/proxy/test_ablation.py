@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from quant.errors import MixDQError
 from quant.proxy.ablation import AblationConfig, _variants, markdown, run_ablation
+from quant.errors import MixDQError
 
 
 def test_variants_cover_the_ablation():

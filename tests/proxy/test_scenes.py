@@ -3,16 +3,8 @@ import pytest
 import torch
 
 from quant.errors import MixDQError
-from quant.proxy.scenes import (
-    ATTRIBUTES,
-    HELD_OUT,
-    TRAIN,
-    Scene,
-    ShapesDataset,
-    all_scenes,
-    render,
-    render_caption,
-)
+from quant.proxy.scenes import (ATTRIBUTES, HELD_OUT, TRAIN, Scene, ShapesDataset, all_scenes,
+                                render, render_caption)
 
 
 def test_every_caption_round_trips():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from quant.errors import MixDQError
-from quant.sensitivity.replay import TOP_LEVEL, Replay, ReplayEngine, run_unet, unit_candidates
+from quant.sensitivity.replay import (TOP_LEVEL, Replay, ReplayEngine, run_unet,
+                                      unit_candidates)
 from quant.structure import quantizable_layers
 
 

@@ -5,18 +5,9 @@ import math
 import pytest
 
 from quant.errors import MixDQError
-from quant.sensitivity.results import (
-    COLUMNS,
-    LayerLog,
-    Row,
-    format_csv,
-    format_protect,
-    protect_list,
-    read_csv,
-    read_logs,
-    read_protect,
-    write_csv,
-)
+from quant.sensitivity.results import (COLUMNS, LayerLog, Row, format_csv, format_protect,
+                                       protect_list, read_csv, read_logs, read_protect,
+                                       write_csv)
 
 LAYERS = ["conv_in", "mid.attn2.to_k", "conv_out"]
 
