@@ -30,14 +30,14 @@ def _coerce(value: Any, tp, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # X | None: X's own message
+            return _coerce(value, options[0], key)
+        for arg in options:
             try:
                 return _coerce(value, arg, key)
-            except MixDQError as e:
-                errors.append(e)
+            except MixDQError:
+                pass
         raise MixDQError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is tuple:
         item = typing.get_args(tp)[0]

@@ -13,11 +13,11 @@ from quant.quantize import output_sqnr
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tiny_dir, shared_data, tmp_path_factory):
-    """4 COCO prompts recorded with the real ``mixdq calibrate``."""
+def calib_dir(tiny_dir, bundled_data, tmp_path_factory):
+    """4 bundled COCO prompts recorded with the real ``mixdq calibrate``."""
     out = tmp_path_factory.mktemp("cli") / "calib"
     assert main(["calibrate", "--model", str(tiny_dir), "--prompts",
-                 f"{shared_data}/coco_captions_val2017.json", "--num-prompts", "4",
+                 f"{bundled_data}/coco_captions_val2017.json", "--num-prompts", "4",
                  "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
     return out
 
