@@ -65,7 +65,8 @@ calibrate: {{prompts: {prompts}, num_prompts: 2, batch_size: 2}}
 sensitivity: {{batch_size: 2, weight_bits: [4, 8], act_bits: [8], no_progress: true}}
 variants:
   - {{name: w8a8, quantize: {{w_bits: 8, a_bits: 8, batch_size: 2, no_progress: true}}}}
-  - {{name: mixed, allocate: {{weight_bits: 6.0, act_bits: 8.0}}, quantize: {{batch_size: 2}}}}
+  - {{name: mixed, quantize: {{batch_size: 2}},
+      allocate: {{weight_bits: 6.0, act_bits: 8.0, weight_candidates: {{content: [4, 8]}}}}}}
 benchmark: {{prompt: [a red bus, two cats], inception: tiny, clip: tiny, no_latency: true,
              no_image_reward: true}}
 """
@@ -100,7 +101,7 @@ def test_python_api_reproduces_mixdq_run_byte_for_byte(tiny_dir, tmp_path, monke
     quantize(model, QuantizeOptions(w_bits=8, a_bits=8, batch_size=2, no_progress=True),
              out / "calib", w8a8)
     bitmap = out / "variants" / "mixed" / "bitmap.json"
-    allocate(AllocateOptions(weight_bits=6.0, act_bits=8.0,
+    allocate(AllocateOptions(weight_bits=6.0, act_bits=8.0, weight_candidates={"content": (4, 8)},
                              protect=str(sens.with_name("sens.protect.txt"))), sens, bitmap)
     mixed = out / "variants" / "mixed" / "quant"
     quantize(model, QuantizeOptions(bit_map=str(bitmap), batch_size=2), out / "calib", mixed)
