@@ -66,7 +66,7 @@ sensitivity: {{batch_size: 2, weight_bits: [4, 8], act_bits: [8], no_progress: t
 variants:
   - {{name: w8a8, quantize: {{w_bits: 8, a_bits: 8, batch_size: 2, no_progress: true}}}}
   - {{name: mixed, quantize: {{batch_size: 2}},
-      allocate: {{weight_bits: 6.0, act_bits: 8.0, weight_candidates: {{content: [4, 8]}},
+      allocate: {{weight_bits: 6.0, act_bits: 10.0, weight_candidates: {{content: [4, 8]}},
                   act_candidates: {{content: [8], quality: [8]}}}}}}
 benchmark: {{prompt: [a red bus, two cats], inception: tiny, clip: tiny, no_latency: true,
              no_image_reward: true}}
@@ -102,7 +102,7 @@ def test_python_api_reproduces_mixdq_run_byte_for_byte(tiny_dir, tmp_path, monke
     quantize(model, QuantizeOptions(w_bits=8, a_bits=8, batch_size=2, no_progress=True),
              out / "calib", w8a8)
     bitmap = out / "variants" / "mixed" / "bitmap.json"
-    allocate(AllocateOptions(weight_bits=6.0, act_bits=8.0, weight_candidates={"content": (4, 8)},
+    allocate(AllocateOptions(weight_bits=6.0, act_bits=10.0, weight_candidates={"content": (4, 8)},
                              act_candidates={"content": (8,), "quality": (8,)},
                              protect=str(sens.with_name("sens.protect.txt"))), sens, bitmap)
     mixed = out / "variants" / "mixed" / "quant"
