@@ -119,4 +119,5 @@ def test_python_api_reproduces_mixdq_run_byte_for_byte(tiny_dir, tmp_path, monke
         assert must in cli
     images = [n for n in cli if n.startswith("benchmark/images/") and n.endswith(".png")]
     assert len(images) == 6  # 3 variants x 2 prompts
-    assert [name for name in cli if cli[name] != api[name]] == []
+    differ = [name for name in cli if cli[name] != api[name]]
+    assert differ == [], differ
