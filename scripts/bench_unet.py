@@ -32,7 +32,7 @@ def main() -> int:
         print(f"bench_unet: mixdq CUDA kernels not available: "
               f"{kernels.load_extension().reason}", file=sys.stderr)
         return 1
-    from quant.kernels.bench_unet import bench_unet, format_unet_results
+    from quant.deploy_bench import bench_unet, format_unet_results
     from quant.utils.io import write_text
 
     results = bench_unet(args.variants, args.resolution, args.batch, args.iters, args.backend)

@@ -62,7 +62,10 @@ def describe() -> str:
 
 def quantize_act(x: torch.Tensor, scale: float, zero_point: int, bits: int = 8,
                  pad_to: int = 1) -> torch.Tensor:
-    """``clamp(round(x / scale) + zero_point, qmin, qmax)`` as int8, last dim padded to ``pad_to``."""
+    """``clamp(round(x / scale) + zero_point, qmin, qmax)`` as int8.
+
+    The last dim is padded to ``pad_to``.
+    """
     return torch.ops.mixdq.quantize_act(x, scale, zero_point, bits, pad_to)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quant.kernels.bench import bench_shape, format_results
-from quant.kernels.bench_unet import UNetResult, format_unet_results
+from quant.deploy_bench import UNetResult, format_unet_results
 from quant.kernels.shapes import GemmShape, distinct_shapes, sdxl_unet_meta
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import statistics
 import torch
 from torch import nn
 
-from .shapes import unet_inputs
+from .kernels.shapes import unet_inputs
 
 VARIANTS = {"fp16": None, "fp16-cl": None, "w8a8": 8, "w4a8": 4}  # fp16-cl: channels last
 
@@ -37,7 +37,7 @@ class UNetResult:
 
 def build_sdxl_unet(seed: int = 0) -> nn.Module:
     """The SDXL UNet with random weights, fp16 on the current CUDA device."""
-    from .shapes import sdxl_unet_meta
+    from .kernels.shapes import sdxl_unet_meta
 
     config = dict(sdxl_unet_meta().config)
     from diffusers import UNet2DConditionModel
@@ -66,10 +66,10 @@ def _time_ms(fn, iters: int) -> float:
 
 
 def _quantized(w_bits: int, inputs: dict, backend: str, seed: int):
-    from ..bitmap import BitMap
-    from ..deploy import DeployConfig, convert
-    from ..quantize import quantize_unet
-    from ..structure import quantizable_layers
+    from .bitmap import BitMap
+    from .deploy import DeployConfig, convert
+    from .quantize import quantize_unet
+    from .structure import quantizable_layers
 
     unet = build_sdxl_unet(seed)
     bit_map = BitMap.uniform(quantizable_layers(unet), w_bits, 8)
@@ -82,8 +82,8 @@ def _quantized(w_bits: int, inputs: dict, backend: str, seed: int):
 def bench_variant(variant: str, resolution: int = 512, batch: int = 1, iters: int = 20,
                   backend: str = "kernels", seed: int = 0) -> UNetResult:
     """Build, (quantize, convert,) and time one variant; frees it before returning."""
-    from ..deploy import CudaGraphUNet
-    from .shapes import sdxl_unet_meta
+    from .deploy import CudaGraphUNet
+    from .kernels.shapes import sdxl_unet_meta
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; use {', '.join(VARIANTS)}")
