@@ -109,9 +109,10 @@ def device_key(device: torch.device) -> str:
     return device.type + ("-triton-interpreter" if triton_available(device) else "")
 
 
-def default_timer(device: torch.device, reps: int = 10) -> Callable[[Callable], float]:
-    """``fn -> microseconds per call``: CUDA events (median of ``reps``), else a CPU clock."""
-    def cuda_time(fn):
+def default_timer(device: torch.device, reps: int = 10) -> Callable[[Callable, str], float]:
+    """``(fn, backend) -> microseconds per call``: CUDA events (median of ``reps``), else a CPU
+    clock."""
+    def cuda_time(fn, backend=None):
         for _ in range(3):
             fn()
         times = []
@@ -125,7 +126,7 @@ def default_timer(device: torch.device, reps: int = 10) -> Callable[[Callable], 
             times.append(start.elapsed_time(end) * 1e3)
         return statistics.median(times)
 
-    def cpu_time(fn):
+    def cpu_time(fn, backend=None):
         fn()
         times = []
         for _ in range(max(1, reps // 3)):
@@ -248,7 +249,7 @@ def _sample(shape, dtype, device, channels_last, seed):
 @torch.no_grad()
 def tune_backends(unet: nn.Module, inputs: dict, backends: list[str] | None = None,
                   cache: str | os.PathLike | None | bool = True,
-                  timer: Callable[[Callable], float] | None = None) -> BackendChoice:
+                  timer: Callable[[Callable, str], float] | None = None) -> BackendChoice:
     """Measure and set the fastest bit-exact backend of every integer layer of ``unet``.
 
     Args:
@@ -257,7 +258,8 @@ def tune_backends(unet: nn.Module, inputs: dict, backends: list[str] | None = No
         backends: candidates (default: :func:`available_backends` of the layers' device).
         cache: a JSON file, ``True`` for ``MIXDQ_BACKEND_CACHE`` or ``~/.cache/mixdq/
             backends.json``, or ``None``/``False`` for none.
-        timer: ``fn -> microseconds``; default CUDA events / a CPU clock.
+        timer: ``(fn, backend) -> microseconds`` per call of ``fn``; default CUDA events / a
+            CPU clock.
 
     Returns:
         The choice per layer and the measured table; the layers are switched in place.
@@ -329,7 +331,7 @@ def _measure(module, x, candidates, timer, sig, mismatches) -> dict[str, float]:
                 times[backend] = float("inf")
                 mismatches.append((sig, backend))
                 continue
-            times[backend] = float(timer(lambda: module(x)))
+            times[backend] = float(timer(lambda: module(x), backend))
     finally:
         module.set_backend(original)
     return times
