@@ -90,7 +90,7 @@ class DeployReport:
         """Write the report as JSON (atomically)."""
         write_json(path, self.to_dict())
 
-    def refresh(self, unet: nn.Module) -> "DeployReport":
+    def refresh(self, unet: nn.Module) -> DeployReport:
         """The engines of the integer layers as they are now in ``unet`` (after
         :func:`quant.kernels.backends.tune_backends` or ``set_backend``)."""
         rows = []

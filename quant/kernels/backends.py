@@ -22,15 +22,21 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import MixDQError
-from .modules import BACKENDS, TRITON_BACKENDS, IntConv2d, IntLinear, cuda_kernels_registered
+from .modules import (
+    BACKENDS,
+    TRITON_BACKENDS,
+    IntConv2d,
+    IntLinear,
+    cuda_kernels_registered,
+)
 
 
 def triton_available(device: torch.device) -> bool:

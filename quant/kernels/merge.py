@@ -135,8 +135,8 @@ class MergeReport:
         return {n: g for g, names in self.groups.items() for n in names}
 
     def format(self) -> str:
-        lines = [f"{len(self.groups)} merged groups, "
-                 f"{sum(len(v) for v in self.groups.values())} projections"]
+        total = sum(len(v) for v in self.groups.values())
+        lines = [f"{len(self.groups)} merged groups, {total} projections"]
         for g, names in self.groups.items():
             lines.append(f"  {g}: {len(names)} ({names[0]}, ...)")
         return "\n".join(lines)

@@ -34,8 +34,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import triton
@@ -58,7 +58,7 @@ def interpreting() -> bool:
 def _quantize(x, scale, zp, qmin, qmax):
     """float -> int8 values (as int8), exactly as ``reference.quantize_act``."""
     q = tl.math.div_rn(x.to(tl.float32), scale)
-    nan = q != q
+    nan = q != q  # noqa: PLR0124  (NaN test)
     q = tl.minimum(tl.maximum(q, -ROUND_LIMIT), ROUND_LIMIT)
     q = (q + ROUND_MAGIC) - ROUND_MAGIC
     lo = qmin + 0.0  # the integer arguments may arrive as constexprs (Triton specialises 1)
@@ -248,7 +248,7 @@ class Tuner:
         for cfg in self.configs:
             try:
                 t = timer(lambda cfg=cfg: launch(cfg))
-            except Exception as e:  # noqa: BLE001 - a config that does not fit (shared memory)
+            except Exception as e:
                 if "OutOfResources" in type(e).__name__ or "out of resource" in str(e):
                     continue
                 raise
@@ -367,8 +367,9 @@ def _gemm(x, weight, weight_sum, tap_sum, weight_scale, x_scale, x_zero_point, b
     out = _output(out, out_shape, out_dtype, x.device)
     if m == 0 or n == 0:
         return out
-    geo = conv or dict(H=1, W=1, CX=1, CW=1, OH=1, OW=1, sxb=0, sxh=0, sxw=0, sxc=0,
-                       st_h=1, st_w=1, pd_h=0, pd_w=0, dl_h=1, dl_w=1, KH=1, KW=1)
+    geo = conv or {"H": 1, "W": 1, "CX": 1, "CW": 1, "OH": 1, "OW": 1, "sxb": 0, "sxh": 0,
+                   "sxw": 0, "sxc": 0, "st_h": 1, "st_w": 1, "pd_h": 0, "pd_w": 0, "dl_h": 1,
+                   "dl_w": 1, "KH": 1, "KW": 1}
     dummy = weight_sum  # never read when the flag says absent
     args = (x, weight, weight_sum, tap_sum if tap_sum is not None else dummy, weight_scale,
             bias if bias is not None else dummy, out, m, n, k, kx, x_strides[0], x_strides[1],
@@ -377,8 +378,9 @@ def _gemm(x, weight, weight_sum, tap_sum, weight_scale, x_scale, x_zero_point, b
             geo["H"], geo["W"], geo["CX"], geo["CW"], geo["OH"], geo["OW"], geo["sxb"],
             geo["sxh"], geo["sxw"], geo["sxc"], geo["st_h"], geo["st_w"], geo["pd_h"],
             geo["pd_w"], geo["dl_h"], geo["dl_w"])
-    flags = dict(KH=geo["KH"], KW=geo["KW"], CONV=conv is not None, W_INT4=bool(int4),
-                 A_FLOAT=a_float, HAS_BIAS=bias is not None, OUT_INT32=out_dtype == torch.int32)
+    flags = {"KH": geo["KH"], "KW": geo["KW"], "CONV": conv is not None, "W_INT4": bool(int4),
+             "A_FLOAT": a_float, "HAS_BIAS": bias is not None,
+             "OUT_INT32": out_dtype == torch.int32}
 
     def launch(cfg: TileConfig):
         grid = (triton.cdiv(m, cfg[0]) * triton.cdiv(n, cfg[1]),)
@@ -439,9 +441,9 @@ def conv2d_impl(x, weight, weight_sum, tap_sum, weight_scale, x_scale, x_zero_po
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     sb, sh, sw, sc = x.stride()
-    geo = dict(H=h, W=w, CX=cx, CW=cw, OH=oh, OW=ow, sxb=sb, sxh=sh, sxw=sw, sxc=sc,
-               st_h=stride[0], st_w=stride[1], pd_h=padding[0], pd_w=padding[1],
-               dl_h=dilation[0], dl_w=dilation[1], KH=kh, KW=kw)
+    geo = {"H": h, "W": w, "CX": cx, "CW": cw, "OH": oh, "OW": ow, "sxb": sb, "sxh": sh,
+           "sxw": sw, "sxc": sc, "st_h": stride[0], "st_w": stride[1], "pd_h": padding[0],
+           "pd_w": padding[1], "dl_h": dilation[0], "dl_w": dilation[1], "KH": kh, "KW": kw}
     key = f"conv{kh}x{kw}s{stride[0]}{stride[1]}p{padding[0]}{padding[1]}d{dilation[0]}{dilation[1]}"
     return _gemm(x, weight, weight_sum, tap_sum, weight_scale, x_scale, x_zero_point, bias,
                  out_dtype, int4, bits, b * oh * ow, n, taps * cw, taps * cw, (0, 0), geo,
@@ -475,8 +477,8 @@ def _fake_conv(x, weight, weight_sum, tap_sum, weight_scale, x_scale, x_zero_poi
 
 def _define_ops():
     try:
-        torch.ops.mixdq.triton_linear.default  # already defined (module imported twice)
-        return
+        if torch.ops.mixdq.triton_linear.default is not None:  # defined (imported twice)
+            return
     except (AttributeError, RuntimeError):
         pass
 
@@ -488,7 +490,7 @@ def _define_ops():
     @torch.library.custom_op(_PREFIX + "linear", mutates_args=())
     def triton_linear(x: torch.Tensor, weight: torch.Tensor, weight_sum: torch.Tensor,
                       weight_scale: torch.Tensor, x_scale: float, x_zero_point: int,
-                      bias: Optional[torch.Tensor], out_dtype: torch.dtype, int4: bool,
+                      bias: torch.Tensor | None, out_dtype: torch.dtype, int4: bool,
                       bits: int) -> torch.Tensor:
         return linear_impl(x, weight, weight_sum, weight_scale, x_scale, x_zero_point, bias,
                            out_dtype, int4, bits)
@@ -496,7 +498,7 @@ def _define_ops():
     @torch.library.custom_op(_PREFIX + "conv2d", mutates_args=())
     def triton_conv2d(x: torch.Tensor, weight: torch.Tensor, weight_sum: torch.Tensor,
                       tap_sum: torch.Tensor, weight_scale: torch.Tensor, x_scale: float,
-                      x_zero_point: int, bias: Optional[torch.Tensor], kernel_size: list[int],
+                      x_zero_point: int, bias: torch.Tensor | None, kernel_size: list[int],
                       stride: list[int], padding: list[int], dilation: list[int],
                       out_dtype: torch.dtype, int4: bool, bits: int) -> torch.Tensor:
         return conv2d_impl(x, weight, weight_sum, tap_sum, weight_scale, x_scale, x_zero_point,

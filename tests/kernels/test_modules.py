@@ -16,7 +16,6 @@ from quant import quantizer
 from quant.deploy import build_integer_layer
 from quant.qmodules import QuantConv2d, QuantLinear
 
-
 _TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                              reason="triton not installed (pip install mixdq[triton])")
 TRITON_BACKENDS = [pytest.param("triton", marks=_TRITON),

@@ -14,10 +14,10 @@ import torch
 triton = pytest.importorskip("triton")
 pytest.importorskip("numpy")
 
-from quant.errors import MixDQError  # noqa: E402
-from quant.kernels import reference as ref  # noqa: E402
-from quant.kernels import triton_ops as tt  # noqa: E402
-from quant.kernels.layout import pack_int4, tap_sums, weight_sums  # noqa: E402
+from quant.errors import MixDQError
+from quant.kernels import reference as ref
+from quant.kernels import triton_ops as tt
+from quant.kernels.layout import pack_int4, tap_sums, weight_sums
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
