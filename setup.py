@@ -84,8 +84,8 @@ setup(
     extras_require={
         # triton: its CPU interpreter runs the Triton kernels' tests (TRITON_INTERPRET=1)
         "test": ["pytest>=7", "hypothesis>=6", "scipy>=1.9", "peft>=0.10", "datasets>=2.14",
-                 "triton>=3.2; platform_system == 'Linux'"],
-        "triton": ["triton>=3.2; platform_system == 'Linux'"],
+                 "triton>=3.6; platform_system == 'Linux'"],
+        "triton": ["triton>=3.6; platform_system == 'Linux'"],
         "data": ["datasets>=2.14"],
         "lora": ["peft>=0.10"],
     },

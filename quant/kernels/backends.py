@@ -51,9 +51,12 @@ def triton_available(device: torch.device) -> bool:
 
 
 def available_backends(device: torch.device | str) -> list[str]:
-    """The backends that run on ``device``, ``kernels`` first (the torch references on CPU)."""
+    """The backends worth timing on ``device``: ``kernels`` (on CUDA only when the extension is
+    built: else it is the slow torch reference), ``int_mm``, and Triton where it runs."""
     device = torch.device(device)
-    out = ["kernels", "int_mm"]
+    out = ["int_mm"]
+    if device.type != "cuda" or cuda_kernels_registered():
+        out.insert(0, "kernels")
     if triton_available(device):
         out += list(TRITON_BACKENDS)
     return out
@@ -261,7 +264,8 @@ def tune_backends(unet: nn.Module, inputs: dict, backends: list[str] | None = No
     Args:
         unet: a converted UNet (:func:`quant.deploy.convert`).
         inputs: the UNet's call arguments at the deployment size (batch, resolution).
-        backends: candidates (default: :func:`available_backends` of the layers' device).
+        backends: candidates (default: :func:`available_backends` of the layers' device); each
+            is first checked bit for bit against the ``kernels`` backend's output.
         cache: a JSON file, ``True`` for ``MIXDQ_BACKEND_CACHE`` or ``~/.cache/mixdq/
             backends.json``, or ``None``/``False`` for none.
         timer: ``(fn, backend) -> microseconds`` per call of ``fn``; default CUDA events / a
@@ -284,8 +288,6 @@ def tune_backends(unet: nn.Module, inputs: dict, backends: list[str] | None = No
     unknown = [b for b in candidates if b not in BACKENDS]
     if unknown:
         raise MixDQError(f"unknown backends {unknown}; use some of {', '.join(BACKENDS)}")
-    if "kernels" not in candidates:
-        candidates.insert(0, "kernels")  # the reference every other backend must match
     dev_key = device_key(device)
     path = _cache_path() if cache is True else (Path(cache) if cache else None)
     stored = _read_cache(path)
@@ -306,7 +308,8 @@ def tune_backends(unet: nn.Module, inputs: dict, backends: list[str] | None = No
             table[sig] = times
             choice.measured += 1
         usable = {b: t for b, t in times.items() if b in candidates and t != float("inf")}
-        best = min(usable, key=usable.get)
+        # nothing usable (no candidate applies, or all mismatched): the reference path
+        best = min(usable, key=usable.get) if usable else "kernels"
         for name in names:
             layers[name].set_backend(best)
             choice.layers[name] = (sig, best)
@@ -326,7 +329,7 @@ def _measure(module, x, candidates, timer, sig, mismatches) -> dict[str, float]:
     original = module.backend
     times: dict[str, float] = {}
     try:
-        module.set_backend("kernels")
+        module.set_backend("kernels")  # the references (or the CUDA kernels): what all must match
         want = module(x)
         for backend in candidates:
             if not applicable(module, backend):
