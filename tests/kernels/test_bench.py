@@ -41,12 +41,20 @@ def _cpu_timer(fn):
     GemmShape("conv2d", 30, 16, 32, 1, 6, 5, 32, (1, 1), (1, 1), (0, 0)),
 ])
 def test_bench_shape_runs_on_references(shape):
+    import importlib.util
+
     r = bench_shape(shape, 3, 64, 1, timer=_cpu_timer, device="cpu")
     assert r.fp16 > 0 and r.w8a8 > 0 and r.w4a8 > 0 and r.w8a8_quant > 0
+    has_triton = importlib.util.find_spec("triton") is not None  # interpreted here
+    assert (r.triton is not None) == (r.triton_fused is not None) == has_triton
+    assert r.mismatches == []  # every integer path's output bits equal the reference's
     assert (r.int_mm is not None) == (shape.kernel == (1, 1) and shape.M > 16)
     assert r.w8a8_config in (0, 1, 2, 3)
     text = format_results([r])
     assert shape.label in text and "count-weighted" in text
+    assert "bit-exact: all paths, all shapes" in text
+    r.mismatches.append("tri-f")
+    assert "MISMATCH" in format_results([r])
 
 
 def test_unet_table():
