@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from quant.deploy import build_integer_layer
+from quant.kernels.backends import triton_available
 from quant.kernels.layout import pack_int4, tap_sums, weight_sums
 from quant.qmodules import QuantConv2d, QuantLinear
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Triton runs
 BACKENDS = ["kernels", "int_mm"] + [
     pytest.param(b, marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed"))
     for b in ("triton", "triton_fused")]
@@ -42,15 +44,18 @@ def _op_cases():
         (m.dequantize_acc.default, (torch.randint(-99, 99, (5, 8), dtype=torch.int32), ws, sc,
                                     0.1, 3, b, torch.float32)),
     ]
-    if HAS_TRITON:
+    if HAS_TRITON and triton_available(DEV):
         from quant.kernels import triton_ops  # noqa: F401
 
+        def d(*args):
+            return tuple(a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args)
+
         cases += [
-            (m.triton_quantize_act.default, (torch.randn(3, 7, generator=g), 0.1, 3, 8, 16)),
-            (m.triton_linear.default, (torch.randn(5, 30, generator=g), w, ws, sc, 0.1, 3, b,
-                                       torch.float16, False, 8)),
-            (m.triton_conv2d.default, (xi, wc.reshape(8, -1), *cs, [3, 3], [1, 2], [1, 0],
-                                       [1, 1], torch.float16, False, 8)),
+            (m.triton_quantize_act.default, d(torch.randn(3, 7, generator=g), 0.1, 3, 8, 16)),
+            (m.triton_linear.default, d(torch.randn(5, 30, generator=g), w, ws, sc, 0.1, 3, b,
+                                        torch.float16, False, 8)),
+            (m.triton_conv2d.default, d(xi, wc.reshape(8, -1), *cs, [3, 3], [1, 2], [1, 0],
+                                        [1, 1], torch.float16, False, 8)),
         ]
     return cases
 
@@ -88,9 +93,12 @@ class _Small(nn.Module):
 def test_compile_fullgraph(backend):
     torch._dynamo.reset()
     model = _Small(backend)
+    dev = DEV if backend.startswith("triton") else torch.device("cpu")
+    model.to(dev)
+    x, xc = model.x.to(dev), model.xc.to(dev)
     with torch.no_grad():
-        eager = model(model.x, model.xc)
-        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(model.x, model.xc)
+        eager = model(x, xc)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x, xc)
     for a, b in zip(eager, compiled):
         assert torch.equal(a, b)
 
