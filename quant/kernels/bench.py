@@ -251,15 +251,27 @@ def _triton_paths(shape, pointwise, x, w, w4, wsum, scale, bias, check, want8, w
 
 
 def bench_kernels(resolutions=(512, 1024), batches=(1, 4), reps: int = 20,
-                  progress: bool = True) -> list[ShapeResult]:
-    """Benchmark every distinct SDXL GEMM shape at each resolution and batch (CUDA)."""
+                  progress: bool = True, configs=TILE_CONFIGS, deadline: float | None = None,
+                  sizes=None) -> list[ShapeResult]:
+    """Benchmark every distinct SDXL GEMM shape at each resolution and batch (CUDA).
+
+    ``sizes`` (``[(resolution, batch), ...]``) overrides the product of ``resolutions`` and
+    ``batches``; after ``deadline`` (``time.time()``) no new shape starts.
+    """
+    import time
+
     from tqdm.auto import tqdm
 
     unet = sdxl_unet_meta()
-    work = [(r, b, s, c) for r in resolutions for b in batches
-            for s, c in distinct_shapes(unet, r, b)]
-    return [bench_shape(s, c, r, b, reps)
-            for r, b, s, c in tqdm(work, desc="shapes", disable=not progress)]
+    sizes = sizes or [(r, b) for r in resolutions for b in batches]
+    work = [(r, b, s, c) for r, b in sizes for s, c in distinct_shapes(unet, r, b)]
+    out = []
+    for r, b, s, c in tqdm(work, desc="shapes", disable=not progress):
+        if deadline is not None and time.time() > deadline:
+            print(f"bench_kernels: time budget reached; {len(work) - len(out)} shapes skipped")
+            break
+        out.append(bench_shape(s, c, r, b, reps, configs=configs))
+    return out
 
 
 def _cell(v, width=9, digits=1):

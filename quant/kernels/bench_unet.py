@@ -194,7 +194,8 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
                       deadline: float | None = None, seed: int = 0, log=print,
                       config: dict | None = None, device: str = "cuda",
                       tune_cache=True) -> list[UNetResult]:
-    """Each variant built once, measured at each ``(resolution, batch)``; see the module doc.
+    """Every variant built once (all stay on the device), then measured size by size, in the
+    order of ``settings`` (so a deadline cuts the last sizes, not the last variants).
 
     Args:
         backend: the converter's backend (``auto``: the device default, then tuned per layer
@@ -204,6 +205,9 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
         config, device: another UNet configuration and device (a CPU dry run of the whole flow
             on a tiny UNet: float32, no CUDA graphs or memory figures, CPU clock).
         tune_cache: the backend table's cache (see :func:`tune_backends`).
+
+    Peak memory is this variant's alone: its weights plus the peak above what was allocated
+    before its measurement (the other variants' weights).
     """
     from ..deploy import CudaGraphUNet
     from .backends import tune_backends
@@ -211,24 +215,31 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
 
     meta = sdxl_unet_meta(config)
     dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    results = []
+    built: dict[str, tuple] = {}
+    failed: dict[str, str] = {}
     for variant in variants:
         if deadline is not None and time.time() > deadline:
-            results += [UNetResult(variant, None, None, None, None, {}, r, b,
-                                   note="skipped: time budget") for r, b in settings]
+            failed[variant] = "skipped: time budget"
             continue
         start = time.time()
         try:
             unet, layers = _build(variant, backend, merge, seed, config, device, dtype)
         except Exception as e:  # noqa: BLE001 - recorded in the table, the others still run
-            results += [UNetResult(variant, None, None, None, None, {}, r, b,
-                                   note=f"build failed: {type(e).__name__}: {e}"[:200])
-                        for r, b in settings]
+            failed[variant] = f"build failed: {type(e).__name__}: {e}"[:200]
             log(f"{variant}: build failed: {e}")
+            _free(device)
             continue
-        weight_mib = _state_bytes(unet) / 2**20
-        log(f"{variant}: built in {time.time() - start:.0f} s, weights {weight_mib:.0f} MiB")
-        for res, batch in settings:
+        built[variant] = (unet, layers, _state_bytes(unet) / 2**20)
+        log(f"{variant}: built in {time.time() - start:.0f} s, weights "
+            f"{built[variant][2]:.0f} MiB")
+    results = []
+    for res, batch in settings:
+        for variant in variants:
+            if variant in failed:
+                results.append(UNetResult(variant, None, None, None, None, {}, res, batch,
+                                          note=failed[variant]))
+                continue
+            unet, layers, weight_mib = built[variant]
             if deadline is not None and time.time() > deadline:
                 results.append(UNetResult(variant, None, None, weight_mib, None, layers, res,
                                           batch, note="skipped: time budget"))
@@ -243,8 +254,8 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
                                           batch, note=f"failed: {type(e).__name__}: {e}"[:200]))
                 log(f"{variant} {res}px b{batch}: failed: {e}")
             _free(device)
-        del unet
-        _free(device)
+    built.clear()
+    _free(device)
     return results
 
 
@@ -273,6 +284,7 @@ def _measure_setting(unet, variant, layers, weight_mib, meta, res, batch, iters,
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     graphed = graph_cls(unet) if cuda else unet  # CPU dry run: "graph" = eager
     timer = _time_ms if cuda else _cpu_time_ms
     timings = []
@@ -282,7 +294,7 @@ def _measure_setting(unet, variant, layers, weight_mib, meta, res, batch, iters,
         for _ in range(2):
             run()
         timings.append(timer(run, iters))
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    peak = ((torch.cuda.max_memory_allocated() - before) / 2**20 + weight_mib) if cuda else None
     del graphed
     log(f"{variant} {res}px b{batch}: eager {timings[0]:.2f} ms, graph {timings[1]:.2f} ms, "
         f"peak {_num(peak, 0)} MiB")

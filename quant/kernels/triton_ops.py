@@ -25,8 +25,9 @@ Arithmetic contract (bit for bit with :mod:`quant.kernels.reference`):
 
 Tile configurations: on a GPU each (kernel variant, N, K, M bucket, device) is tuned once by
 timing a few candidates, and the winner is kept in a JSON cache (``MIXDQ_TRITON_CACHE`` or
-``~/.cache/mixdq/triton_tuning.json``); Triton's own cache keeps the compiled binaries. Under
-the interpreter (``TRITON_INTERPRET=1``, CPU tests) one small configuration is used.
+``~/.cache/mixdq/triton_tuning.json``); Triton's own cache keeps the compiled binaries.
+``MIXDQ_TRITON_TUNE=0`` uses one fixed configuration instead. Under the interpreter
+(``TRITON_INTERPRET=1``, CPU tests) one small configuration is used.
 """
 
 from __future__ import annotations
@@ -194,14 +195,15 @@ class TileConfig(tuple):
 
 # Hopper/Ampere candidates (int8: BK = 128 bytes per row and stage); small-M shapes want many
 # CTAs, large ones big tiles. The interpreter runs one small tile (exercises the tails).
+# Each candidate is one more Triton compile per kernel variant (~1-2 s), so the list is short.
 GPU_CONFIGS = (
     TileConfig(128, 256, 128, 8, 8, 3),
     TileConfig(128, 128, 128, 8, 8, 4),
-    TileConfig(128, 128, 64, 8, 4, 4),
     TileConfig(64, 128, 128, 8, 4, 4),
     TileConfig(64, 64, 128, 8, 4, 5),
-    TileConfig(32, 64, 128, 8, 4, 5),
 )
+# MIXDQ_TRITON_TUNE=0: this one config, no timing (the GPU test run: many variants, tiny shapes)
+UNTUNED_CONFIG = TileConfig(64, 64, 64, 8, 4, 3)
 INTERPRETER_CONFIG = TileConfig(32, 32, 32, 2, 4, 1)
 
 
@@ -389,6 +391,8 @@ def _gemm(x, weight, weight_sum, tap_sum, weight_scale, x_scale, x_zero_point, b
 
     if interpreting():
         cfg = INTERPRETER_CONFIG
+    elif os.environ.get("MIXDQ_TRITON_TUNE", "1") == "0":
+        cfg = UNTUNED_CONFIG
     else:
         full_key = "|".join([_device_name(x), key, "f" if a_float else "i8",
                              "w4" if int4 else "w8", f"M{_m_bucket(m)}", f"N{n}", f"K{k}",
