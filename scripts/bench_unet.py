@@ -50,7 +50,11 @@ def main() -> int:
 
     backend = args.backend or ("auto" if args.matrix else "kernels")
     if args.matrix:
-        from quant.kernels.bench_unet import MATRIX_VARIANTS, bench_unet_matrix, format_unet_matrix
+        from quant.kernels.bench_unet import (
+            MATRIX_VARIANTS,
+            bench_unet_matrix,
+            format_unet_matrix,
+        )
 
         deadline = time.time() + args.deadline if args.deadline else None
         results = bench_unet_matrix(args.variants or MATRIX_VARIANTS, args.sizes, args.iters,

@@ -82,7 +82,11 @@ def test_unet_matrix_dry_run_on_cpu(tiny_dir, tmp_path, monkeypatch):
     convert (auto backend, merged projections), tune, time; then the table."""
     import json
 
-    from quant.kernels.bench_unet import bench_unet_matrix, format_unet_matrix, mixed_bit_map
+    from quant.kernels.bench_unet import (
+        bench_unet_matrix,
+        format_unet_matrix,
+        mixed_bit_map,
+    )
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # time the references and _int_mm only
     config = json.loads((tiny_dir / "unet" / "config.json").read_text())
