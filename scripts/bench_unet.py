@@ -62,6 +62,9 @@ def main() -> int:
         text = format_unet_matrix(results)
     else:
         variants = args.variants or ["fp16", "fp16-cl", "w8a8", "w4a8"]
+        if "mixed" in variants:
+            print("bench_unet: the mixed variant is measured with --matrix", file=sys.stderr)
+            return 2
         if backend == "kernels" and not kernels.is_available() and any(
                 v.startswith("w") or v == "mixed" for v in variants):
             print(f"bench_unet: mixdq CUDA kernels not available: "

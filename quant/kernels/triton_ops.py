@@ -32,6 +32,7 @@ timing a few candidates, and the winner is kept in a JSON cache (``MIXDQ_TRITON_
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -297,9 +298,13 @@ def _m_bucket(m: int) -> int:
 
 
 def _device_name(t: torch.Tensor) -> str:
-    if t.is_cuda:
-        return torch.cuda.get_device_name(t.device).replace(" ", "_")
-    return "interpreter"
+    return _cuda_name(t.device.index if t.device.index is not None else
+                      torch.cuda.current_device()) if t.is_cuda else "interpreter"
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index).replace(" ", "_")
 
 
 # --------------------------------------------------------------------------------------------
