@@ -152,6 +152,11 @@ def test_auto_backend_and_errors(w8a8):
     assert kb.default_backend("cpu") == "kernels"
     assert kb.available_backends("cpu")[:2] == ["kernels", "int_mm"]
     assert DeployConfig(backend="auto").backend == "auto"
+    assert kb.engine_name("triton_fused", torch.device("cuda"), False, True) == \
+        "Triton: fused quantize + GEMM"
+    assert kb.engine_name("triton", torch.device("cpu"), True, True).startswith(
+        "Triton interpreter (cpu)")
+    assert kb.engine_name("int_mm", torch.device("cuda"), False, True) is None
     with pytest.raises(MixDQError, match="unknown backends"):
         kb.tune_backends(_Net(), _net_inputs(1), backends=["cutlass"], cache=None)
     with pytest.raises(MixDQError, match="convert the UNet first"):

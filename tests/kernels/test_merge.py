@@ -115,3 +115,27 @@ def test_unequal_quantizers_do_not_merge(fp_unet):
     batch = _batch(fp_unet.config, 6)
     assert torch.equal(_run(merged, batch), _run(plain, batch))
     assert all(isinstance(g, ProjectionGroup) for g in merged.mixdq_merged)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_merged_unet_under_cuda_graphs(fp_unet):
+    """The wide K/V GEMM is recorded in the graph: a new prompt embedding copied into the
+    graph's input buffer gives the unmerged UNet's output, not a cached one."""
+    from quant.deploy import CudaGraphUNet
+
+    sim = _quantized(fp_unet, BitMap.uniform(quantizable_layers(fp_unet), 8, 8))
+    plain, _ = convert(copy.deepcopy(sim).cuda().half())
+    merged, _ = convert(copy.deepcopy(sim).cuda().half(), DeployConfig(merge=True))
+    graphed = CudaGraphUNet(merged)
+
+    def cuda(batch):
+        return {k: ({kk: vv.cuda().half() for kk, vv in v.items()} if isinstance(v, dict) else
+                    v.cuda().half() if v.is_floating_point() else v.cuda())
+                for k, v in batch.items()}
+
+    for seed in (7, 8):  # the second call replays with another embedding
+        batch = cuda(_batch(fp_unet.config, seed))
+        want = _run(plain, batch)
+        assert torch.equal(_run(merged, batch), want)
+        with torch.no_grad():
+            assert torch.equal(graphed(**batch, return_dict=False)[0], want)
