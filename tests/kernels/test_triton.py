@@ -313,3 +313,25 @@ def test_tuner_picks_fastest_and_caches(tmp_path):
     t3 = tt.Tuner(path, timer, configs)  # a damaged cache is ignored and rewritten
     assert t3.choose("k1", calls.append) == configs[1] and t3.tuned == 1
     assert json.loads(path.read_text())["k1"] == list(configs[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [90, 80])
+def test_compiles_for_gpu_without_one(arch):
+    """Ahead-of-time compile for sm_90 / sm_80: int8 tensor-core MMA (wgmma on Hopper),
+    cp.async pipelining, IEEE division where quantizing, no FMA (scripts/triton_sm90_check.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "triton_sm90_check.py"),
+                           "--arch", str(arch)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    if proc.returncode == 2:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok   ") == 9 and "all checks passed" in proc.stdout
