@@ -47,12 +47,18 @@ def main() -> int:
 
     print(kernels.describe())
     deadline = time.time() + args.deadline if args.deadline else None
-    results = bench_kernels(args.resolutions, args.batches, args.reps, configs=args.configs,
-                            deadline=deadline, sizes=args.sizes)
-    text = format_results(results)
-    print(text)
-    if args.out:
-        write_text(args.out, kernels.describe() + "\n" + text + "\n")
+    sizes = args.sizes or [(r, b) for r in args.resolutions for b in args.batches]
+    results = []
+    for size in sizes:  # the table is rewritten after each size: a kill keeps what was measured
+        if deadline is not None and time.time() > deadline:
+            print(f"bench_kernels: time budget reached; {size[0]}x{size[1]} skipped")
+            continue
+        results += bench_kernels(reps=args.reps, configs=args.configs, deadline=deadline,
+                                 sizes=[size])
+        text = format_results(results)
+        if args.out:
+            write_text(args.out, kernels.describe() + "\n" + text + "\n")
+    print(format_results(results))
     return 0
 
 

@@ -57,8 +57,15 @@ def main() -> int:
         )
 
         deadline = time.time() + args.deadline if args.deadline else None
+
+        def write(results):  # after each size: a kill keeps what was measured
+            if args.out:
+                write_text(args.out, kernels.describe() + "\n" + format_unet_matrix(results)
+                           + "\n")
+
         results = bench_unet_matrix(args.variants or MATRIX_VARIANTS, args.sizes, args.iters,
-                                    backend, not args.no_merge, not args.no_tune, deadline)
+                                    backend, not args.no_merge, not args.no_tune, deadline,
+                                    on_size=write)
         text = format_unet_matrix(results)
     else:
         variants = args.variants or ["fp16", "fp16-cl", "w8a8", "w4a8"]

@@ -193,7 +193,7 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
                       backend: str = "auto", merge: bool = True, tune: bool = True,
                       deadline: float | None = None, seed: int = 0, log=print,
                       config: dict | None = None, device: str = "cuda",
-                      tune_cache=True) -> list[UNetResult]:
+                      tune_cache=True, on_size=None) -> list[UNetResult]:
     """Every variant built once (all stay on the device), then measured size by size, in the
     order of ``settings`` (so a deadline cuts the last sizes, not the last variants).
 
@@ -205,6 +205,7 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
         config, device: another UNet configuration and device (a CPU dry run of the whole flow
             on a tiny UNet: float32, no CUDA graphs or memory figures, CPU clock).
         tune_cache: the backend table's cache (see :func:`tune_backends`).
+        on_size: called with the results so far after each size (the script writes its table).
 
     Peak memory is this variant's alone: its weights plus the peak above what was allocated
     before its measurement (the other variants' weights).
@@ -254,6 +255,8 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
                                           batch, note=f"failed: {type(e).__name__}: {e}"[:200]))
                 log(f"{variant} {res}px b{batch}: failed: {e}")
             _free(device)
+        if on_size is not None:
+            on_size(list(results))
     built.clear()
     _free(device)
     return results
