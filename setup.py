@@ -1,6 +1,7 @@
 """mixdq: build and install.
 
     pip install -e ".[test]"                      # pure Python; the CUDA kernels are optional
+    pip install -e ".[triton]"                    # the Triton backend (CUDA torch ships triton)
     MIXDQ_BUILD_CUDA=1 pip install -e . --no-build-isolation   # also build the CUDA extension
     MIXDQ_BUILD_CUDA=1 python setup.py build_ext --inplace      # only the extension, in place
 
@@ -88,8 +89,10 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
+        # triton: its CPU interpreter runs the Triton kernels' tests (TRITON_INTERPRET=1)
         "test": ["pytest>=7", "hypothesis>=6", "scipy>=1.9", "peft>=0.10", "datasets>=2.14",
-                 "ruff>=0.4"],
+                 "ruff>=0.4", "triton>=3.6; platform_system == 'Linux'"],
+        "triton": ["triton>=3.6; platform_system == 'Linux'"],
         "data": ["datasets>=2.14"],
         "lora": ["peft>=0.10"],
     },

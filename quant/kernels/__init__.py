@@ -55,6 +55,16 @@ def describe() -> str:
         lines.append(f"  extension: loaded ({status.source or 'JIT build'})")
     else:
         lines.append(f"  extension: not loaded - {status.reason}")
+    try:
+        import triton
+
+        from .backends import triton_available
+
+        where = "runs here" if triton_available(torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")) else "needs a CUDA device"
+        lines.append(f"  triton: {triton.__version__} ({where}; backends triton, triton_fused)")
+    except ImportError:
+        lines.append("  triton: not installed (pip install mixdq[triton])")
     impl = "CUDA kernel + torch reference" if cuda_kernels_registered() else "torch reference"
     lines.append(f"  ops: {', '.join('mixdq::' + n for n in ops.SCHEMAS)} ({impl})")
     return "\n".join(lines)
