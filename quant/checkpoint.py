@@ -27,8 +27,9 @@ from .bitmap import BitMap, LayerBits, check_bits
 from .errors import MixDQError
 from .packing import pack, unpack
 from .qmodules import qmodule_class
-from .quantize import set_submodule
+from .report import quantization_report
 from .structure import quantizable_layers
+from .unet import set_submodule
 from .utils.io import atomic_path, write_json, write_text
 
 FORMAT = "mixdq-quantized-unet"
@@ -86,7 +87,6 @@ def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
     from safetensors.torch import save_file
 
     from . import __version__
-    from .report import quantization_report
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())

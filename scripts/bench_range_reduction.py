@@ -18,7 +18,7 @@ def main():
     import diffusers
 
     from quant.calib.prompts import load_prompts
-    from quant.calib.steps import calibrate_and_quantize
+    from quant.multistep import calibrate_and_quantize
     from quant.models import load_fp_pipeline
 
     diffusers.utils.logging.set_verbosity_error()

@@ -14,7 +14,7 @@ PROMPTS = ["a red bus on a street", "two cats on a sofa", "a bowl of fruit on a 
 def test_guided_calibrate_quantize_generate(model, guidance, tmp_path):
     from quant.calib import CalibrationData
     from quant.calib.record import record_calibration
-    from quant.calib.steps import quantize_and_measure
+    from quant.multistep import quantize_and_measure
     from quant.generate import generate
     from quant.models import load_fp_pipeline
     from quant.models.tiny_families import tiny_family_path

@@ -133,7 +133,8 @@ class ActivationCalibration:
         hi = torch.stack([s.detach().amax().float() for s in slices]).clamp(min=0.0)
         track = self._tracks.get(name)
         if track is None:
-            track = self._tracks[name] = _Track(lo, hi, lo.clone(), hi.clone(), lo.clone(), hi.clone())
+            track = self._tracks[name] = _Track(lo, hi, lo.clone(), hi.clone(), lo.clone(),
+                                                hi.clone())
         else:
             m = self.momentum
             track.lo = m * track.lo + (1 - m) * lo

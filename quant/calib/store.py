@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MixDQError
+from ..unet import OPTIONAL_INPUTS, UNET_INPUTS
 from ..utils.io import write_bytes
 
 FORMAT = "mixdq-calib"
@@ -37,8 +38,8 @@ ADDED_PREFIX = "added_cond_kwargs."
 # attention masks for pipelines that use them.
 ROW_KEYS = ("sample", "timestep", "encoder_hidden_states", "output", "step", "prompt_index",
             "cond")
-OPTIONAL_KEYS = ("timestep_cond", "class_labels", "attention_mask", "encoder_attention_mask")
-UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", *OPTIONAL_KEYS)
+OPTIONAL_KEYS = OPTIONAL_INPUTS
+UNET_KEYS = UNET_INPUTS
 
 
 def shard_name(index: int) -> str:
@@ -134,7 +135,8 @@ class CalibrationData:
         missing = [p for p, _ in self._shards if not p.is_file()]
         missing += [p for p in self.image_paths if not p.is_file()]
         if missing:
-            raise MixDQError(f"calibration folder {self.path} lacks {missing[0].relative_to(self.path)}"
+            raise MixDQError(f"calibration folder {self.path} lacks "
+                             f"{missing[0].relative_to(self.path)}"
                              f"; rerun `mixdq calibrate` with the same arguments to restore it")
         if sum(n for _, n in self._shards) != self._length:
             raise MixDQError(f"{manifest}: shard sample counts do not add up to "
@@ -242,7 +244,10 @@ class CalibrationData:
 
     @staticmethod
     def unet_kwargs(batch: dict) -> dict:
-        """The part of a batch that a diffusers UNet takes: ``unet(**CalibrationData.unet_kwargs(b))``."""
+        """The part of a batch that a diffusers UNet takes.
+
+        ``unet(**CalibrationData.unet_kwargs(b))``.
+        """
         return {k: batch[k] for k in UNET_KEYS if k in batch}
 
     def _load_shard(self, path: Path) -> dict[str, torch.Tensor]:

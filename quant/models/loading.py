@@ -46,7 +46,7 @@ def resolve_model(model: str) -> str:
     if model in TINY_FAMILIES:  # tiny-sd15, tiny-sd21, tiny-sdxl
         return str(tiny_family_path(model))
     if model == "proxy":  # the trained proxy shipped with the package (quant/proxy)
-        from ..proxy.model import require_pipeline_dir
+        from .proxy_files import require_pipeline_dir
 
         return str(require_pipeline_dir())
     path = Path(model).expanduser()

@@ -3,9 +3,10 @@
 Measured on the tiny models (8 prompts, W8A8, UNet-output SQNR over all steps; per step in
 ``scripts/bench_range_reduction.py``): at 4 steps the original's EMA (momentum 0.95, batches in
 step order) gives 8.7-9.0 dB on every family - its ranges stay near the first batches' (step 0)
-and clip the later steps' larger inputs (steps 3-4 at 5-7 dB); running min/max gives 19.3-20.9 dB. The random tiny UNets do not
-denoise, so their latents grow ~13x in scale over 4 steps and one range per layer cannot reach
-the 1-step figure (29.4 dB) at every step; see the README.
+and clip the later steps' larger inputs (steps 3-4 at 5-7 dB); running min/max gives
+19.3-20.9 dB. The random tiny UNets do not denoise, so their latents grow ~13x in scale over
+4 steps and one range per layer cannot reach the 1-step figure (29.4 dB) at every step;
+see the README.
 """
 
 import pytest
@@ -69,7 +70,7 @@ def family_cache(tmp_path_factory):
 def _measure(model, cache, tmp, steps, guidance=0.0, reductions=("auto",)):
     from quant.calib import CalibrationData
     from quant.calib.record import record_calibration
-    from quant.calib.steps import quantize_and_measure
+    from quant.multistep import quantize_and_measure
     from quant.models import load_fp_pipeline
     from quant.models.tiny import tiny_path
     from quant.models.tiny_families import tiny_family_path

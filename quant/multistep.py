@@ -15,6 +15,12 @@ from pathlib import Path
 
 import torch
 
+from .bitmap import BitMap
+from .calib.store import CalibrationData
+from .calib.record import record_calibration
+from .quantize import output_sqnr, quantize_unet
+from .structure import quantizable_layers
+
 
 @dataclasses.dataclass
 class StepSqnr:
@@ -33,8 +39,6 @@ class StepSqnr:
 
 def step_sqnr(unet, calib, batch_size: int = 8) -> tuple[float, list[float]]:
     """``(all steps, per step)`` output SQNR in dB of ``unet`` on the calibration ``calib``."""
-    from ..quantize import output_sqnr
-
     param = next(unet.parameters())
     total = output_sqnr(unet, calib.batches(batch_size, param.device, param.dtype))
     per_step = [output_sqnr(unet, calib.batches(batch_size, param.device, param.dtype, steps=s))
@@ -46,10 +50,6 @@ def quantize_and_measure(unet, calib, *, w_bits: int | None = 8, a_bits: int | N
                          reduction: str = "auto", bos: bool = True,
                          batch_size: int = 8) -> StepSqnr:
     """Quantize a copy of ``unet`` uniformly on ``calib`` and measure it step by step."""
-    from ..bitmap import BitMap
-    from ..quantize import quantize_unet
-    from ..structure import quantizable_layers
-
     qunet = copy.deepcopy(unet)
     names = list(quantizable_layers(qunet))
     param = next(qunet.parameters())
@@ -66,10 +66,7 @@ def calibrate_and_quantize(pipe, prompts: list[str], folder: str | Path, *, step
                            guidance: float = 0.0, w_bits: int = 8, a_bits: int = 8,
                            reduction: str = "auto", batch_size: int = 8,
                            seed: int = 42) -> StepSqnr:
-    """Record a calibration of ``pipe`` into ``folder`` (resumable) and measure a W/A quantization."""
-    from . import CalibrationData
-    from .record import record_calibration
-
+    """Record a calibration of ``pipe`` into ``folder`` (resumable); measure a W/A quantization."""
     record_calibration(pipe, prompts, folder, steps=steps, guidance=guidance,
                        batch_size=batch_size, seed=seed, progress=False)
     calib = CalibrationData(folder)
