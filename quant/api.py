@@ -20,7 +20,7 @@ EXECUTIONS = ("auto", "kernels", "simulate")
 def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path | None = None, *,
                   device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                   execution: str = "auto", cuda_graphs: bool = False, lora: str | None = None,
-                  lora_scale: float = 1.0):
+                  lora_scale: float = 1.0, scheduler: str | None = None):
     """Load a stock diffusers pipeline (the class ``model_index.json`` names: SDXL, SD 1.5/2.1...),
     with its UNet quantized when asked.
 
@@ -38,6 +38,7 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
         cuda_graphs: with kernels on CUDA, replay the UNet through captured CUDA graphs.
         lora, lora_scale: a LoRA to fuse before the checkpoint is applied; it must be the one
             fused when the checkpoint was made (see :func:`quant.models.loading.fuse_lora`).
+        scheduler: a diffusers scheduler class name replacing the model's.
 
     Returns:
         The pipeline. ``pipe.mixdq_execution`` says how the UNet runs (``"full precision"``,
@@ -48,7 +49,8 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
 
     if execution not in EXECUTIONS:
         raise MixDQError(f"unknown execution {execution!r}; use one of {', '.join(EXECUTIONS)}")
-    pipe = load_fp_pipeline(model, device, dtype, lora=lora, lora_scale=lora_scale)
+    pipe = load_fp_pipeline(model, device, dtype, lora=lora, lora_scale=lora_scale,
+                            scheduler=scheduler)
     pipe.mixdq_execution = "full precision"
     if quantized is None:
         return pipe

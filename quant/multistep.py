@@ -17,8 +17,11 @@ import torch
 
 from .bitmap import BitMap
 from .calib.store import CalibrationData
+from .calib.ranges import resolve_reduction
 from .calib.record import record_calibration
-from .quantize import output_sqnr, quantize_unet
+from .errors import MixDQError
+from .quantize import quantize_unet
+from .unet import run_unet
 from .structure import quantizable_layers
 
 
@@ -37,13 +40,31 @@ class StepSqnr:
     reduction: str
 
 
+@torch.no_grad()
 def step_sqnr(unet, calib, batch_size: int = 8) -> tuple[float, list[float]]:
-    """``(all steps, per step)`` output SQNR in dB of ``unet`` on the calibration ``calib``."""
+    """``(all steps, per step)`` output SQNR in dB of ``unet`` on the calibration ``calib``.
+
+    One pass over the calibration: each sample's noise and signal power go to its step's sums
+    (and to the total), so the figures equal :func:`quant.quantize.output_sqnr` restricted to
+    each step.
+    """
     param = next(unet.parameters())
-    total = output_sqnr(unet, calib.batches(batch_size, param.device, param.dtype))
-    per_step = [output_sqnr(unet, calib.batches(batch_size, param.device, param.dtype, steps=s))
-                for s in range(calib.steps)]
-    return total, per_step
+    signal = torch.zeros(calib.steps, dtype=torch.float64)
+    noise = torch.zeros(calib.steps, dtype=torch.float64)
+    for batch in calib.batches(batch_size, param.device, param.dtype):
+        y = run_unet(unet, batch).double()
+        ref = batch["output"].to(y.device, torch.float64)
+        dims = tuple(range(1, y.dim()))
+        step = batch["step"].long().cpu()
+        signal.index_add_(0, step, ref.square().sum(dims).cpu())
+        noise.index_add_(0, step, (y - ref).square().sum(dims).cpu())
+    if float(signal.sum()) == 0.0 and float(noise.sum()) == 0.0:
+        raise MixDQError("no batches to measure SQNR on")
+
+    def db(sig, noi):
+        return float("inf") if noi == 0 else float(10 * torch.log10(sig / noi))
+
+    return db(signal.sum(), noise.sum()), [db(a, b) for a, b in zip(signal, noise)]
 
 
 def quantize_and_measure(unet, calib, *, w_bits: int | None = 8, a_bits: int | None = 8,
@@ -57,7 +78,7 @@ def quantize_and_measure(unet, calib, *, w_bits: int | None = 8, a_bits: int | N
                   calib.batches(batch_size, param.device, param.dtype), bos=bos,
                   range_reduction=reduction, progress=False)
     # ``auto`` resolves as quantize_unet resolved it: every batch carries its ``step``.
-    used = reduction if reduction != "auto" else ("minmax" if calib.steps > 1 else "ema")
+    used = resolve_reduction(reduction, calib.steps)
     total, per_step = step_sqnr(qunet, calib, batch_size)
     return StepSqnr(total, per_step, used)
 

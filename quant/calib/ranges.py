@@ -109,9 +109,7 @@ class ActivationCalibration:
 
     def resolved_reduction(self) -> str:
         """The reduction in force: ``auto`` is ``minmax`` once several steps were reported."""
-        if self.reduction != "auto":
-            return self.reduction
-        return "minmax" if len(self._steps) > 1 else "ema"
+        return resolve_reduction(self.reduction, len(self._steps))
 
     def _remove(self) -> None:
         for handle in self._handles:
@@ -164,6 +162,13 @@ class ActivationCalibration:
                 ranges = list(zip(track.lo.tolist(), track.hi.tolist()))
             layer.set_act_range(ranges)
             self.ranges[name] = ranges
+
+
+def resolve_reduction(reduction: str, steps: int) -> str:
+    """``reduction`` with ``auto`` resolved for a calibration of ``steps`` denoising steps."""
+    if reduction != "auto":
+        return reduction
+    return "minmax" if steps > 1 else "ema"
 
 
 def calibrate_activations(model: nn.Module, momentum: float = 0.95,

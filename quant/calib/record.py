@@ -240,7 +240,7 @@ def _manifest(out: Path, intent: dict, batches: list[tuple[int, int, int]]) -> d
 
 
 def _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_name,
-            source) -> dict:
+            source, negative_prompt="") -> dict:
     # Same condition as diffusers' SDXL pipeline for doubling the batch.
     cfg = guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
     intent = {
@@ -252,6 +252,8 @@ def _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_
         "prompts": list(prompts),
         "versions": _versions(),
     }
+    if negative_prompt:  # stored only when set: calibrations without one keep their settings
+        intent["settings"]["negative_prompt"] = negative_prompt
     if source is not None:
         intent["source"] = source
     return intent
@@ -260,7 +262,8 @@ def _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_
 def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: int = 1,
                        guidance: float = 0.0, resolution: int | None = None,
                        batch_size: int = 8, seed: int = 42, model_name: str = "unknown",
-                       progress: bool = True, source: dict | None = None) -> Path:
+                       progress: bool = True, source: dict | None = None,
+                       negative_prompt: str = "") -> Path:
     """Run the full-precision pipeline on ``prompts`` and record every UNet call.
 
     Resumable: rerunning with the same arguments finishes an interrupted run (producing the same
@@ -280,6 +283,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
         model_name: how the model was named (recorded in the manifest).
         progress: show a progress bar (prompts/s and ETA).
         source: optional description of where the prompts came from, for the manifest.
+        negative_prompt: the unconditional prompt of classifier-free guidance (see
+            :func:`quant.generate.generate`).
 
     Returns:
         The calibration folder, readable with :class:`quant.calib.CalibrationData`.
@@ -295,7 +300,7 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
     resolution = resolution or default_resolution(pipe)
     out = Path(out_dir)
     intent = _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_name,
-                     source)
+                     source, negative_prompt)
     intent = _prepare_folder(out, intent)
     batches = [(k, start, min(start + batch_size, len(prompts)))
                for k, start in enumerate(range(0, len(prompts), batch_size))]
@@ -306,7 +311,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
         for index, start, stop in todo:
             rec.take()
             images = generate(pipe, prompts[start:stop], steps=steps, guidance=guidance,
-                              resolution=resolution, seed=seed + start)
+                              resolution=resolution, seed=seed + start,
+                              negative_prompt=negative_prompt)
             rows = _rows(rec.take(), start, stop - start, steps)
             for i, image in enumerate(images):
                 save_image(image, out / store.image_name(start + i))
@@ -321,7 +327,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
 
 
 def finished_run(out_dir: str | Path, prompts: list[str], *, steps: int, guidance: float,
-                 resolution: int | None, batch_size: int, seed: int, model_name: str) -> bool:
+                 resolution: int | None, batch_size: int, seed: int, model_name: str,
+                 negative_prompt: str = "") -> bool:
     """Whether ``out_dir`` already holds a complete run of exactly these settings.
 
     Lets the CLI skip loading the model for a no-op rerun. ``resolution=None`` matches the
@@ -335,4 +342,5 @@ def finished_run(out_dir: str | Path, prompts: list[str], *, steps: int, guidanc
     s = data.manifest["settings"]
     return (data.model == model_name and data.prompts == list(prompts) and s["steps"] == steps
             and s["guidance"] == float(guidance) and s["batch_size"] == batch_size
-            and s["seed"] == seed and resolution in (None, s["resolution"]))
+            and s["seed"] == seed and resolution in (None, s["resolution"])
+            and s.get("negative_prompt", "") == negative_prompt)

@@ -153,6 +153,24 @@ def defaults(pipe) -> Defaults:
     return Defaults(steps, guidance, default_resolution(pipe))
 
 
+def usual_settings(index: dict, lora: str | None = None,
+                   scheduler: str | None = None) -> tuple[int, float]:
+    """The usual ``(steps, guidance)`` of a model from its ``model_index.json`` alone.
+
+    The scheduler in force is ``scheduler`` when given, else the one the LoRA switches to
+    (:func:`scheduler_for_lora`), else the folder's; no weights are loaded. The same table as
+    :func:`defaults`.
+    """
+    name = scheduler
+    if name is None and lora is not None and scheduler_for_lora(lora) is not None:
+        name = scheduler_for_lora(lora)[0]
+    if name is None:
+        entry = index.get("scheduler")
+        name = entry[-1] if isinstance(entry, list) and entry else None
+    family = FAMILIES.get(index.get("_class_name"))
+    return _DEFAULTS.get((family.name if family else "generic", name), _BASE_DEFAULTS)
+
+
 def scheduler_for_lora(lora: str) -> tuple[str, dict] | None:
     """The scheduler (class name, config overrides) a LoRA needs, from its name; else None."""
     low = str(lora).lower()

@@ -72,7 +72,8 @@ def resolve_model(model: str) -> str:
 
 def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | None = None,
                      dtype: str | torch.dtype | None = None, guard: bool = True,
-                     lora: str | None = None, lora_scale: float = 1.0):
+                     lora: str | None = None, lora_scale: float = 1.0,
+                     scheduler: str | None = None):
     """Load a full-precision pipeline under the precision policy.
 
     The pipeline class is the one the folder's ``model_index.json`` names (see
@@ -91,6 +92,8 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
             quantized checkpoint is loaded (the checkpoint's UNet fingerprint checks this).
             A LoRA that needs its own scheduler (LCM-LoRA, SDXL-Lightning) switches to it.
         lora_scale: strength of the fused LoRA.
+        scheduler: a diffusers scheduler class name replacing the pipeline's (after the LoRA's),
+            built from the pipeline's scheduler config.
 
     Returns:
         The diffusers pipeline (``StableDiffusionXLPipeline``, ``StableDiffusionPipeline``...)
@@ -117,6 +120,10 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
                          f"{str(e).splitlines()[0]}") from e
     if lora is not None:
         fuse_lora(pipe, lora, lora_scale)
+    if scheduler is not None:
+        from .families import set_scheduler
+
+        set_scheduler(pipe, scheduler)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if guard:
