@@ -59,6 +59,11 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
     load_quantized(pipe.unet, quantized)
     pipe.mixdq_execution = "simulation"
     use_kernels, why = _kernels_usable(pipe.unet.device, execution)
+    if getattr(pipe.unet, "mixdq_step_clock", None) is not None and (use_kernels
+                                                                     or execution == "kernels"):
+        # the kernels take one activation scale per layer, fixed at conversion
+        use_kernels, why = False, ("the checkpoint has timestep-dependent activation ranges, "
+                                   "which run simulated only")
     if use_kernels:
         from .deploy import CudaGraphUNet, convert
 

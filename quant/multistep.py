@@ -44,20 +44,19 @@ class StepSqnr:
 def step_sqnr(unet, calib, batch_size: int = 8) -> tuple[float, list[float]]:
     """``(all steps, per step)`` output SQNR in dB of ``unet`` on the calibration ``calib``.
 
-    One pass over the calibration: each sample's noise and signal power go to its step's sums
-    (and to the total), so the figures equal :func:`quant.quantize.output_sqnr` restricted to
-    each step.
+    One pass over the calibration, step by step (one timestep per UNet call, as the pipeline
+    runs it, so per-step activation ranges apply): the total sums every step's noise and signal
+    power, so the figures equal :func:`quant.quantize.output_sqnr` over all steps and over each.
     """
     param = next(unet.parameters())
     signal = torch.zeros(calib.steps, dtype=torch.float64)
     noise = torch.zeros(calib.steps, dtype=torch.float64)
-    for batch in calib.batches(batch_size, param.device, param.dtype):
-        y = run_unet(unet, batch).double()
-        ref = batch["output"].to(y.device, torch.float64)
-        dims = tuple(range(1, y.dim()))
-        step = batch["step"].long().cpu()
-        signal.index_add_(0, step, ref.square().sum(dims).cpu())
-        noise.index_add_(0, step, (y - ref).square().sum(dims).cpu())
+    for step in range(calib.steps):
+        for batch in calib.batches(batch_size, param.device, param.dtype, steps=step):
+            y = run_unet(unet, batch).double()
+            ref = batch["output"].to(y.device, torch.float64)
+            signal[step] += float(ref.square().sum())
+            noise[step] += float((y - ref).square().sum())
     if float(signal.sum()) == 0.0 and float(noise.sum()) == 0.0:
         raise MixDQError("no batches to measure SQNR on")
 
@@ -68,15 +67,15 @@ def step_sqnr(unet, calib, batch_size: int = 8) -> tuple[float, list[float]]:
 
 
 def quantize_and_measure(unet, calib, *, w_bits: int | None = 8, a_bits: int | None = 8,
-                         reduction: str = "auto", bos: bool = True,
-                         batch_size: int = 8) -> StepSqnr:
+                         reduction: str = "auto", bos: bool = True, batch_size: int = 8,
+                         timestep_ranges: bool = False) -> StepSqnr:
     """Quantize a copy of ``unet`` uniformly on ``calib`` and measure it step by step."""
     qunet = copy.deepcopy(unet)
     names = list(quantizable_layers(qunet))
     param = next(qunet.parameters())
     quantize_unet(qunet, BitMap.uniform(names, w_bits, a_bits),
                   calib.batches(batch_size, param.device, param.dtype), bos=bos,
-                  range_reduction=reduction, progress=False)
+                  range_reduction=reduction, timestep_ranges=timestep_ranges, progress=False)
     # ``auto`` resolves as quantize_unet resolved it: every batch carries its ``step``.
     used = resolve_reduction(reduction, calib.steps)
     total, per_step = step_sqnr(qunet, calib, batch_size)

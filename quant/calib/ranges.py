@@ -63,6 +63,10 @@ class ActivationCalibration:
     Attributes:
         ranges: after the context, layer name -> list of ``(lo, hi)`` per input slice.
         used_reduction: after the context, the reduction applied (``auto`` resolved).
+        step: set by the caller to the denoising step of the samples about to run (all of one
+            step) to also gather one range per step; ``None``: not tracked per step.
+        step_ranges: after the context, layer name -> {step: ranges} for the steps seen with
+            ``step`` set (the same reduction, over that step's calls only).
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.95, reduction: str = "auto"):
@@ -74,6 +78,9 @@ class ActivationCalibration:
         self.reduction = reduction
         self.used_reduction: str | None = None
         self._steps: set[int] = set()
+        self.step: int | None = None
+        self.step_ranges: dict[str, dict[int, list[tuple[float, float]]]] = {}
+        self._step_tracks: dict[tuple[str, int], _Track] = {}
         self.layers = {name: m for name, m in model.named_modules()
                        if getattr(m, "is_quantized_module", False)}
         if not self.layers:
@@ -129,10 +136,18 @@ class ActivationCalibration:
         bos_input, slices = layer.calibration_view(x)
         lo = torch.stack([s.detach().amin().float() for s in slices]).clamp(max=0.0)
         hi = torch.stack([s.detach().amax().float() for s in slices]).clamp(min=0.0)
-        track = self._tracks.get(name)
+        track = self._update(self._tracks, name, lo, hi)
+        if self.step is not None:
+            self._update(self._step_tracks, (name, int(self.step)), lo, hi)
+        if bos_input is not None:
+            if track.bos is None:
+                track.bos = BosObserver()
+            track.bos.update(bos_input)
+
+    def _update(self, tracks: dict, key, lo: torch.Tensor, hi: torch.Tensor) -> _Track:
+        track = tracks.get(key)
         if track is None:
-            track = self._tracks[name] = _Track(lo, hi, lo.clone(), hi.clone(), lo.clone(),
-                                                hi.clone())
+            track = tracks[key] = _Track(lo, hi, lo.clone(), hi.clone(), lo.clone(), hi.clone())
         else:
             m = self.momentum
             track.lo = m * track.lo + (1 - m) * lo
@@ -142,10 +157,15 @@ class ActivationCalibration:
             track.lo_sum += lo
             track.hi_sum += hi
             track.calls += 1
-        if bos_input is not None:
-            if track.bos is None:
-                track.bos = BosObserver()
-            track.bos.update(bos_input)
+        return track
+
+    def _reduce(self, track: _Track) -> list[tuple[float, float]]:
+        if self.used_reduction == "minmax":
+            return list(zip(track.lo_all.tolist(), track.hi_all.tolist()))
+        if self.used_reduction == "mean":
+            return list(zip((track.lo_sum / track.calls).tolist(),
+                            (track.hi_sum / track.calls).tolist()))
+        return list(zip(track.lo.tolist(), track.hi.tolist()))
 
     def _apply(self) -> None:
         self.used_reduction = self.resolved_reduction()
@@ -153,15 +173,11 @@ class ActivationCalibration:
             layer = self.layers[name]
             if track.bos is not None:
                 layer.set_bos_input(track.bos.constant_row(name))
-            if self.used_reduction == "minmax":
-                ranges = list(zip(track.lo_all.tolist(), track.hi_all.tolist()))
-            elif self.used_reduction == "mean":
-                ranges = list(zip((track.lo_sum / track.calls).tolist(),
-                                  (track.hi_sum / track.calls).tolist()))
-            else:
-                ranges = list(zip(track.lo.tolist(), track.hi.tolist()))
+            ranges = self._reduce(track)
             layer.set_act_range(ranges)
             self.ranges[name] = ranges
+        for (name, step), track in sorted(self._step_tracks.items()):
+            self.step_ranges.setdefault(name, {})[step] = self._reduce(track)
 
 
 def resolve_reduction(reduction: str, steps: int) -> str:
