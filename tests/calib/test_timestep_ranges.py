@@ -103,3 +103,39 @@ def test_layer_rejects_ranges_without_a_clock():
     install_clock(net, [1.0])
     net.a.set_step_ranges([[(0.0, 1.0)]], net.mixdq_step_clock)
     assert net.a.step_clock is net.mixdq_step_clock
+
+
+@pytest.mark.slow
+def test_stage_checkpoint_and_pipeline_use_the_per_step_ranges(tmp_path):
+    from importlib import resources
+
+    from quant.api import load_pipeline
+    from quant.calib import CalibrationData
+    from quant.checkpoint import read_config
+    from quant.generate import generate
+    from quant.multistep import step_sqnr
+    from quant.stages import (CalibrateOptions, ModelSpec, QuantizeOptions, calibrate,
+                              quantize)
+
+    prompts = str(resources.files("quant.configs").joinpath(
+        "prompts/coco2017_val_first1024.txt"))
+    model, logs = ModelSpec("tiny", device="cpu"), []
+    calib = calibrate(model, CalibrateOptions(prompts=prompts, num_prompts=4, steps=2,
+                                              batch_size=4, no_progress=True),
+                      tmp_path / "calib", log=logs.append)
+    out = quantize(model, QuantizeOptions(w_bits=8, a_bits=8, timestep_ranges=True,
+                                          no_progress=True),
+                   calib, tmp_path / "q", log=logs.append)
+    config = read_config(out)
+    assert config["timestep_ranges"] is True and config["range_reduction"] == "minmax"
+    assert len(config["step_timesteps"]) == 2 and len(config["sqnr_db_per_step"]) == 2
+    assert any(line.startswith("  per step: step 0: ") for line in logs)
+    pipe = load_pipeline("tiny", out, device="cpu")
+    assert pipe.mixdq_execution == "simulation"
+    assert pipe.unet.mixdq_step_clock.timesteps == tuple(config["step_timesteps"])
+    # the loaded checkpoint computes what the stage measured, step by step
+    total, per_step = step_sqnr(pipe.unet, CalibrationData(calib), 4)
+    assert round(total, 4) == config["sqnr_db"]
+    assert [round(v, 4) for v in per_step] == config["sqnr_db_per_step"]
+    image = generate(pipe, ["a red bus"], steps=2)[0]
+    assert image.size == (64, 64) and pipe.unet.mixdq_step_clock.index == 1  # the last step
