@@ -176,9 +176,11 @@ class CalibrationData:
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of :func:`quant.generate.generate` that reproduce the references."""
-        return {"steps": self.steps, "guidance": self.guidance,
-                "resolution": self.resolution, "seed": self.seed,
-                "negative_prompt": self.manifest["settings"].get("negative_prompt", "")}
+        kwargs = {"steps": self.steps, "guidance": self.guidance,
+                  "resolution": self.resolution, "seed": self.seed}
+        if self.manifest["settings"].get("negative_prompt"):  # recorded only when set
+            kwargs["negative_prompt"] = self.manifest["settings"]["negative_prompt"]
+        return kwargs
 
     def __len__(self) -> int:
         """Number of samples: recorded UNet rows (prompts x steps, x2 with guidance)."""
