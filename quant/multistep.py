@@ -85,11 +85,12 @@ def quantize_and_measure(unet, calib, *, w_bits: int | None = 8, a_bits: int | N
 def calibrate_and_quantize(pipe, prompts: list[str], folder: str | Path, *, steps: int,
                            guidance: float = 0.0, w_bits: int = 8, a_bits: int = 8,
                            reduction: str = "auto", batch_size: int = 8,
-                           seed: int = 42) -> StepSqnr:
+                           seed: int = 42, timestep_ranges: bool = False) -> StepSqnr:
     """Record a calibration of ``pipe`` into ``folder`` (resumable); measure a W/A quantization."""
     record_calibration(pipe, prompts, folder, steps=steps, guidance=guidance,
                        batch_size=batch_size, seed=seed, progress=False)
     calib = CalibrationData(folder)
     with torch.no_grad():
         return quantize_and_measure(pipe.unet, calib, w_bits=w_bits, a_bits=a_bits,
-                                    reduction=reduction, batch_size=batch_size)
+                                    reduction=reduction, batch_size=batch_size,
+                                    timestep_ranges=timestep_ranges)

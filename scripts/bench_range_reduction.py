@@ -1,10 +1,12 @@
 """Choose the activation-range reduction by measurement: EMA vs running min/max, per step.
 
     python scripts/bench_range_reduction.py --model tiny --steps 1 2 4 --prompts 8
+    python scripts/bench_range_reduction.py --model tiny-sdxl --steps 4 --guidance 3 \
+        --reductions ema minmax minmax+steps
 
 For each step count, records a calibration of the model (the bundled COCO prompts), quantizes a
-uniform W/A copy of its UNet with each reduction and prints the UNet-output SQNR over all steps
-and at every step.
+uniform W/A copy of its UNet with each reduction (``+steps``: with timestep-dependent ranges,
+:mod:`quant.steps`) and prints the UNet-output SQNR over all steps and at every step.
 """
 
 import argparse
@@ -28,7 +30,7 @@ def main():
     p.add_argument("--guidance", type=float, default=0.0)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--bits", type=int, nargs=2, default=[8, 8], metavar=("W", "A"))
-    p.add_argument("--reductions", nargs="+", default=["ema", "minmax"])
+    p.add_argument("--reductions", nargs="+", default=["ema", "minmax", "minmax+steps"])
     p.add_argument("--work-dir", default=None)
     args = p.parse_args()
     torch.manual_seed(0)
@@ -41,10 +43,11 @@ def main():
                 r = calibrate_and_quantize(pipe, prompts, Path(work) / f"s{steps}",
                                            steps=steps, guidance=args.guidance,
                                            w_bits=args.bits[0], a_bits=args.bits[1],
-                                           reduction=reduction)
+                                           reduction=reduction.removesuffix("+steps"),
+                                           timestep_ranges=reduction.endswith("+steps"))
                 per_step = " ".join(f"{x:6.2f}" for x in r.per_step_db)
                 print(f"{args.model} steps={steps} guidance={args.guidance} "
-                      f"W{args.bits[0]}A{args.bits[1]} {reduction:7s} all={r.sqnr_db:6.2f} dB  "
+                      f"W{args.bits[0]}A{args.bits[1]} {reduction:12s} all={r.sqnr_db:6.2f} dB  "
                       f"per step: {per_step}", flush=True)
 
 
