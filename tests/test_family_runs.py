@@ -1,35 +1,12 @@
-"""Every pipeline family through `mixdq run`: the presets plan, the tiny families run end to end."""
+"""Every tiny pipeline family through `mixdq run`, end to end (the presets' settings:
+``tests/test_family_options.py``)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from quant.run import RunConfig, plan
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.mark.parametrize("name,model,lora,steps,guidance", [
-    ("sd15_lcm_lora_w8a8", "stable-diffusion-v1-5/stable-diffusion-v1-5",
-     "latent-consistency/lcm-lora-sdv1-5", "4", "1.0"),
-    ("sd_turbo_w8a8", "stabilityai/sd-turbo", None, "1", "0.0"),
-    ("sdxl_lightning_w4a8", "stabilityai/stable-diffusion-xl-base-1.0",
-     "ByteDance/SDXL-Lightning/sdxl_lightning_4step_lora.safetensors", "4", "0.0"),
-    ("tiny_sd15", "tiny-sd15", None, "4", "1.0"),
-    ("tiny_sd21", "tiny-sd21", None, "2", "0.0"),
-    ("tiny_sdxl", "tiny-sdxl", None, "2", "3.0"),
-])
-def test_family_presets_plan(name, model, lora, steps, guidance, tmp_path):
-    config = RunConfig.load(CONFIGS / f"{name}.yaml")
-    assert (config.model, config.lora) == (model, lora)
-    stages = plan(config, tmp_path)
-    calib, bench = stages[0].argv, stages[-1].argv
-    assert calib[0] == "calibrate" and bench[0] == "benchmark"
-    for argv in (calib, bench):  # calibration and benchmark generate alike
-        assert argv[argv.index("--steps") + 1] == steps
-        assert argv[argv.index("--guidance") + 1] == guidance
-    assert Path(calib[calib.index("--prompts") + 1]).is_file()
 
 
 @pytest.mark.slow
