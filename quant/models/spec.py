@@ -69,7 +69,10 @@ class ModelSpec:
                               self.scheduler)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["scheduler"] is None:  # as before the setting existed: old run records match
+            del data["scheduler"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":
