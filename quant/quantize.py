@@ -172,6 +172,9 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
             raise MixDQError(f"timestep_ranges: calibration steps {steps} are not 0..n-1")
         clock = install_clock(unet, [timesteps[s] for s in steps])
         for name, per_step in cal.step_ranges.items():
+            if sorted(per_step) != steps:
+                raise MixDQError(f"timestep_ranges: layer {name} ran at steps "
+                                 f"{sorted(per_step)} only, not at every step {steps}")
             cal.layers[name].set_step_ranges([per_step[s] for s in steps], clock)
     for name, layer in quantizable_layers(unet).items():
         if layer.active_a_bits is not None and layer.act_range is None:
