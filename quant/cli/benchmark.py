@@ -37,8 +37,12 @@ def register(sub):
     p.add_argument("--real-images", metavar="DIR", help="real images for FID vs real")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     g = p.add_argument_group("generation")
-    g.add_argument("--steps", type=positive_int, default=1)
-    g.add_argument("--guidance", type=float, default=0.0)
+    g.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: the model's usual)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's usual)")
+    g.add_argument("--negative-prompt", default="",
+                   help="unconditional prompt when --guidance > 1 (default empty)")
     g.add_argument("--resolution", type=positive_int, default=None)
     g.add_argument("--seed", type=int, default=42, help="seed of prompt 0; prompt i: seed + i")
     g.add_argument("--batch-size", type=positive_int, default=1)

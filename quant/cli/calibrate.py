@@ -22,8 +22,14 @@ def register(sub):
     p.add_argument("--shuffle", action="store_true",
                    help="take a seeded random sample instead of the first N prompts")
     p.add_argument("--shuffle-seed", type=int, default=0, help="seed of --shuffle (default 0)")
-    p.add_argument("--steps", type=positive_int, default=1)
-    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: the model's usual, e.g. 1 for SDXL-Turbo, "
+                   "4 for LCM-LoRA or SDXL-Lightning)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale; above 1 the batch is doubled "
+                   "(default: the model's usual)")
+    p.add_argument("--negative-prompt", default="",
+                   help="unconditional prompt when --guidance > 1 (default empty)")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="image side in pixels (default: the model's native size)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per shard")
