@@ -186,6 +186,7 @@ def run_sensitivity(model: str, calib_dir: str | Path, out: str | Path,
     calib = CalibrationData(calib_dir)
     with Distributed(device) as dist:
         pipe = load_fp_pipeline(model, device=dist.device, dtype=dtype)
+        calib.check_model(pipe.unet)
         names = config.select(list(quantizable_layers(pipe.unet)))
         unet_dtype = pipe.unet.dtype
         settings = _settings(model, calib, config, quantized_base, dist.device, unet_dtype, names)
