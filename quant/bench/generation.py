@@ -46,12 +46,11 @@ class GenerationSettings:
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
             raise MixDQError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise MixDQError(f"resolution must be a multiple of 8, got {self.resolution}")
+        from ..generate import check_generation_args
+
+        check_generation_args(guidance=self.guidance, resolution=self.resolution)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise MixDQError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if self.guidance < 0:
-            raise MixDQError(f"guidance must be >= 0, got {self.guidance}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
