@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -18,10 +19,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     Works for files and folders. On an exception the temporary is removed and ``path`` is left
-    as it was.
+    as it was. Temporaries of the same ``path`` left by a killed process (``.<name>.*.tmp``) are
+    removed first, so kills never accumulate files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Temporaries of this same target that a killed run left behind: ours, and superseded now.
+    clean_stale_temps(path.parent, f".{glob.escape(path.name)}.*.tmp")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.unlink(tmp)
