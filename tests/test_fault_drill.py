@@ -7,8 +7,9 @@ command runs to the end. Every file the stage wrote must be byte-identical to th
 uninterrupted run (timing-only files and fields excepted, listed in ``TIMING``), and no
 temporary file (``*.tmp``) may be left anywhere, the model cache included.
 
-Both runs use the same relative paths (each runs in its own root folder), so paths recorded in
-the outputs are the same too. ``MIXDQ_DRILL_SEED`` picks the kill times.
+Both runs use the same relative paths (each runs in its own root folder); the benchmark records
+the quantized folder's absolute path, so the root folder is replaced by ``<ROOT>`` before
+comparing. ``MIXDQ_DRILL_SEED`` picks the kill times.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def _snapshot(root: Path, outputs: list[str]) -> dict[str, object]:
     for out in outputs:
         for path in sorted((root / out).rglob("*")):
             if path.is_file() and path.name not in TIMING_FILES and ".parts" not in path.parts[-2]:
-                files[str(path.relative_to(root))] = _strip(path.name, path.read_bytes())
+                # The benchmark records the quantized folder's absolute path: the two runs'
+                # folders differ by their root only.
+                data = path.read_bytes().replace(str(root.resolve()).encode(), b"<ROOT>")
+                files[str(path.relative_to(root))] = _strip(path.name, data)
     return files
 
 
