@@ -216,3 +216,34 @@ def test_benchmark_reports_are_reproducible(tiny_dir, tiny_w8a8, tmp_path):
                                     .replace(str(r), "OUT"))
     assert strip(ja, a) == strip(jb, b)
     assert list(ja) == list(jb) and ja["generation_seconds"] > 0
+
+
+def test_grid_labels_fit_their_cells(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quant.bench.report import grid_label, save_grid
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(image_path(folder, i))
+    prompts = ["a cat " * 200, "Supercalifragilisticexpialidocious" * 4]
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    save_grid(tmp_path / "grid.png", {"v": folder}, prompts, rows=2)
+    fig = figures[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = fig.bbox
+    texts = [t for ax in fig.axes for t in ax.texts]
+    assert len(texts) == 2
+    for t in texts:
+        extent = t.get_window_extent(renderer)
+        assert extent.x0 >= box.x0 and extent.x1 <= box.x1, t.get_text()
+        assert extent.y0 >= box.y0 and extent.y1 <= box.y1, t.get_text()
+    label = grid_label(prompts[0])
+    assert len(label.splitlines()) == 8 and label.endswith("...")
+    assert all(len(line) <= 26 for line in grid_label(prompts[1]).splitlines())
