@@ -28,8 +28,9 @@ from .bitmap import BitMap, LayerBits, check_bits
 from .errors import MixDQError
 from .packing import pack, unpack
 from .qmodules import qmodule_class
-from .quantize import set_submodule
+from .report import quantization_report
 from .structure import quantizable_layers
+from .unet import set_submodule
 from .utils.io import (atomic_path, clean_stale_temps, safetensors_bytes, write_bytes,
                        write_error)
 
@@ -163,8 +164,6 @@ def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
             checkpoint, or a checkpoint made with other settings (the message names the first
             difference); a write failed (the message names the file).
     """
-    from .report import quantization_report
-
     out_dir = Path(out_dir)
     tensors, config = checkpoint_contents(unet, base_model=base_model, metadata=metadata)
     bit_map = BitMap({n: LayerBits(e["w"], e["a"]) for n, e in config["layers"].items()})

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from .bitmap import BitMap
+from .checkpoint import unet_hash
 from .errors import MixDQError
 from .qmodules import qmodule_class
 from .structure import is_cross_attention_kv, quantizable_layers
+from .unet import UNET_INPUTS, run_unet, set_submodule
 
-UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs",
-               "timestep_cond")
-_REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+__all__ = ["UNET_INPUTS", "concat_splits", "prepare", "quantize_unet", "output_sqnr", "run_unet",
+           "set_submodule"]
 
 
 def concat_splits(unet: nn.Module) -> dict[str, int]:
@@ -66,12 +67,6 @@ def _as_bit_map(bit_map: BitMap | str | Path) -> BitMap:
     raise MixDQError(f"expected a BitMap or a bit map file, got {type(bit_map).__name__}")
 
 
-def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule called ``name`` (a dotted path) of ``root`` by ``module``."""
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
 def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             weight_scale: str = "mse") -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``unet`` for its quantized version, in place.
@@ -91,8 +86,6 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
     Raises:
         MixDQError: unknown or missing layer names, unsupported bit widths.
     """
-    from .checkpoint import unet_hash
-
     bit_map = _as_bit_map(bit_map)
     layers = quantizable_layers(unet)
     bit_map.validate(layers)
@@ -116,29 +109,6 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             module, bits.w, bits.a, name=name, weight_scale=weight_scale,
             split=splits.get(name), bos=layer_bos))
     return unet
-
-
-def _to(obj, device, dtype):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, dtype if obj.is_floating_point() else None)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device, dtype) for k, v in obj.items()}
-    return obj
-
-
-def run_unet(unet: nn.Module, batch: Mapping) -> torch.Tensor:
-    """Call ``unet`` on one calibration batch (moved to its device and dtype); return its output.
-
-    Raises:
-        MixDQError: a batch without ``sample``, ``timestep`` or ``encoder_hidden_states``.
-    """
-    missing = [k for k in _REQUIRED_INPUTS if k not in batch]
-    if missing:
-        raise MixDQError(f"calibration batch lacks {', '.join(missing)} "
-                         f"(has {', '.join(sorted(batch))})")
-    param = next(unet.parameters())
-    kwargs = {k: _to(batch[k], param.device, param.dtype) for k in UNET_INPUTS if k in batch}
-    return unet(**kwargs, return_dict=False)[0]
 
 
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],

@@ -61,14 +61,16 @@ def test_nan_message_names_the_model_and_no_fp32_advice_in_fp32(tiny_pipe):
     assert "(float32)" in message and "--dtype fp32" not in message
     assert "of model " in message and "already runs in float32" in message
     from quant.precision import check_finite
-    with pytest.raises(MixDQError, match=r"NaN in the UNet output of w4a8 \(bfloat16\); .*--dtype fp32"):
+    with pytest.raises(MixDQError,
+                       match=r"NaN in the UNet output of w4a8 \(bfloat16\); .*--dtype fp32"):
         check_finite(torch.tensor([float("nan")], dtype=torch.bfloat16), "UNet", "w4a8")
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"guidance": float("nan")}, "guidance must be a finite number >= 0, got nan"),
     ({"guidance": float("inf")}, "guidance must be a finite number"),
-    ({"resolution": 100000}, "resolution must be a multiple of 8 from 8 to 4096 pixels, got 100000"),
+    ({"resolution": 100000},
+     "resolution must be a multiple of 8 from 8 to 4096 pixels, got 100000"),
     ({"resolution": 60}, "got 60"),
 ])
 def test_generation_arguments_are_bounded(tiny_pipe, kwargs, match):

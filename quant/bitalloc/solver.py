@@ -109,7 +109,7 @@ def _prefer_costlier_ties(picks, losses, costs, capacity: int) -> list[int]:
 
 
 def _solution(picks, losses, costs, status, seconds) -> Solution:
-    loss = math.fsum(l[k] for l, k in zip(losses, picks))
+    loss = math.fsum(row[k] for row, k in zip(losses, picks))
     cost = sum(c[k] for c, k in zip(costs, picks))
     return Solution(picks, loss, cost, status, seconds)
 

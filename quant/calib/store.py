@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MixDQError
+from ..unet import config_fingerprint
 from ..utils.io import write_bytes
 
 FORMAT = "mixdq-calib"
@@ -109,7 +110,8 @@ def read_image(path: str | Path):
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for broken files
-        raise MixDQError(f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MixDQError(f"{path}: unreadable image ({first})") from None
 
 
 def _read_json(path: Path) -> dict:
@@ -171,7 +173,8 @@ class CalibrationData:
         missing = [p for p, _ in self._shards if not p.is_file()]
         missing += [p for p in self.image_paths if not p.is_file()]
         if missing:
-            raise MixDQError(f"calibration folder {self.path} lacks {missing[0].relative_to(self.path)}"
+            raise MixDQError(f"calibration folder {self.path} lacks "
+                             f"{missing[0].relative_to(self.path)}"
                              f"; rerun `mixdq calibrate` with the same arguments to restore it")
         if sum(n for _, n in self._shards) != self._length:
             raise MixDQError(f"{manifest}: shard sample counts do not add up to "
@@ -196,10 +199,8 @@ class CalibrationData:
         Raises:
             MixDQError: one line naming what differs.
         """
-        from .record import _unet_fingerprint
-
         rec = self.manifest.get("unet") or {}
-        checks = [("class", type(unet).__name__), ("config_sha256", _unet_fingerprint(unet))]
+        checks = [("class", type(unet).__name__), ("config_sha256", config_fingerprint(unet))]
         if rec.get("weights_sha256"):
             checks.append(("weights_sha256", model_fingerprint(unet)))
         for key, mine in checks:
@@ -338,7 +339,10 @@ class CalibrationData:
 
     @staticmethod
     def unet_kwargs(batch: dict) -> dict:
-        """The part of a batch that a diffusers UNet takes: ``unet(**CalibrationData.unet_kwargs(b))``."""
+        """The part of a batch that a diffusers UNet takes.
+
+        ``unet(**CalibrationData.unet_kwargs(b))``.
+        """
         return {k: batch[k] for k in UNET_KEYS if k in batch}
 
     def _load_shard(self, path: Path) -> dict[str, torch.Tensor]:

@@ -178,7 +178,8 @@ def tiny_w8a8(tiny_dir, tmp_path_factory):
 
 
 def test_benchmark_checks_fingerprints_before_generating(tiny_w8a8, tmp_path):
-    from quant.bench import BenchmarkConfig, MetricModels, fp_variant, quantized_variant, run_benchmark
+    from quant.bench import (BenchmarkConfig, MetricModels, fp_variant, quantized_variant,
+                             run_benchmark)
 
     config = BenchmarkConfig(out_dir=str(tmp_path), latency=False, clip=False, fid=False,
                              device="cpu")
@@ -194,7 +195,8 @@ def test_benchmark_checks_fingerprints_before_generating(tiny_w8a8, tmp_path):
 def test_benchmark_reports_are_reproducible(tiny_dir, tiny_w8a8, tmp_path):
     import json
 
-    from quant.bench import BenchmarkConfig, MetricModels, fp_variant, quantized_variant, run_benchmark
+    from quant.bench import (BenchmarkConfig, MetricModels, fp_variant, quantized_variant,
+                             run_benchmark)
 
     reports = []
     for run in ("a", "b"):
@@ -212,8 +214,9 @@ def test_benchmark_reports_are_reproducible(tiny_dir, tiny_w8a8, tmp_path):
     # the timing fields are the only ones that may differ; everything else is the same, in the
     # same order, apart from the output folder named in the settings and notes
     timing = ("generation_seconds",)
-    strip = lambda j, r: json.loads(json.dumps({k: v for k, v in j.items() if k not in timing})
-                                    .replace(str(r), "OUT"))
+    def strip(j, r):
+        return json.loads(json.dumps({k: v for k, v in j.items() if k not in timing})
+                          .replace(str(r), "OUT"))
     assert strip(ja, a) == strip(jb, b)
     assert list(ja) == list(jb) and ja["generation_seconds"] > 0
 

@@ -62,4 +62,5 @@ def test_killed_build_leftovers_are_cleaned(tmp_path):
     (tmp_path / "mine.txt").write_text("kept")
     path = tiny_path(TinyConfig(), cache_dir=tmp_path)
     assert (path / "model_index.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".tiny.lock", path.name, "mine.txt"])
+    assert (sorted(p.name for p in tmp_path.iterdir())
+            == sorted([".tiny.lock", path.name, "mine.txt"]))
