@@ -31,6 +31,7 @@ from .qmodules import qmodule_class
 from .report import quantization_report
 from .structure import quantizable_layers
 from .unet import set_submodule
+from .utils.records import first_difference
 from .utils.io import (atomic_path, clean_stale_temps, safetensors_bytes, write_bytes,
                        write_error)
 
@@ -214,6 +215,42 @@ def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
     except OSError as e:
         raise write_error(out_dir, e) from None
     return out_dir
+
+
+def finished_checkpoint(out_dir: str | Path, settings: dict) -> bool:
+    """Whether ``out_dir`` holds a complete checkpoint made with ``settings`` (the ``settings``
+    entry its ``quant_config.json`` records) whose files verify: then there is nothing to do.
+
+    Returns ``False`` for no checkpoint, or one with these settings whose files are missing or
+    damaged (redoing it rewrites them).
+
+    Raises:
+        MixDQError: a checkpoint made with other settings (naming the first difference), or a
+            ``quant_config.json`` that is unreadable: refused before any work is done.
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / CONFIG_FILE).is_file():
+        return False
+    try:
+        old = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise MixDQError(f"{out_dir}: its {CONFIG_FILE} is unreadable or not a {FORMAT}; "
+                         f"use another --out or delete it")
+    if "settings" not in old:
+        raise MixDQError(f"{out_dir}: holds a checkpoint without recorded settings (made by an "
+                         f"older mixdq or by the library); use another --out or delete it")
+    diff = first_difference(old["settings"], settings, "settings")
+    if diff:
+        raise MixDQError(f"{out_dir}: holds a checkpoint made with other settings ({diff}); "
+                         f"use another --out or delete it")
+    try:
+        config = read_config(out_dir)
+        verify_tensors(out_dir, config, _read_tensors(out_dir / WEIGHTS_FILE))
+    except MixDQError:
+        return False
+    return all((out_dir / name).is_file() for name in (BITMAP_FILE, REPORT_FILE))
 
 
 def read_config(quant_dir: str | Path) -> dict:

@@ -89,6 +89,16 @@ def select_prompts(prompts: list[str], num_prompts: int | None, what: str = "pro
     return list(prompts)
 
 
+# Entries of a variant's source that say where its files lie, not what makes the images (the
+# checkpoint's sha256 does): left out of the manifest, so a moved run folder or another spelling
+# of the same path resumes.
+LOCATION_KEYS = ("quantized",)
+
+
+def _identity(source: dict) -> dict:
+    return {k: v for k, v in source.items() if k not in LOCATION_KEYS}
+
+
 def check_manifest(folder: str | Path, prompts: list[str], settings: GenerationSettings,
                    source: dict, write: bool) -> None:
     """Refuse a folder made with other settings, another model or other prompts; record ours.
@@ -100,16 +110,19 @@ def check_manifest(folder: str | Path, prompts: list[str], settings: GenerationS
         folder: the variant's image folder.
         prompts: this run's prompts.
         settings: this run's generation settings.
-        source: what makes the images (model, quantized folder...), JSON-able.
+        source: what makes the images (model, checkpoint hash...), JSON-able; its
+            :data:`LOCATION_KEYS` are not recorded.
         write: write the updated manifest (rank 0 only when sharded).
     """
     path = Path(folder) / MANIFEST
-    mine = {"settings": settings.to_dict(), "source": source, "prompts": list(prompts)}
+    mine = {"settings": settings.to_dict(), "source": _identity(source),
+            "prompts": list(prompts)}
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
             old_prompts = list(old["prompts"])
-            same = old["settings"] == mine["settings"] and old["source"] == mine["source"]
+            same = (old["settings"] == mine["settings"]
+                    and _identity(old["source"]) == mine["source"])
         except (ValueError, KeyError, TypeError):
             raise MixDQError(f"{path}: unreadable manifest; delete the folder to start "
                              f"over") from None

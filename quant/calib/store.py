@@ -25,6 +25,7 @@ import torch
 from ..errors import MixDQError
 from ..unet import config_fingerprint
 from ..utils.io import write_bytes
+from ..utils.records import json_digest
 
 FORMAT = "mixdq-calib"
 VERSION = 1
@@ -188,6 +189,13 @@ class CalibrationData:
                 raise MixDQError(f"calibration folder {self.path}: {name} has {size} bytes, "
                                  f"{rec.get('bytes')} were written; rerun `mixdq calibrate` with "
                                  f"the same arguments to restore it")
+
+    def fingerprint(self) -> str:
+        """What this calibration is, wherever its folder lies and however its path is spelled:
+        the sha256 of its recorded model, settings, UNet fingerprints, prompts and per-file
+        hashes (not where the prompts were read from, nor the library versions)."""
+        keys = ("format", "version", "model", "settings", "unet", "prompts", "shards", "files")
+        return json_digest({k: self.manifest.get(k) for k in keys})
 
     def check_model(self, unet) -> None:
         """Refuse a UNet other than the one this calibration was recorded with.

@@ -221,6 +221,35 @@ def test_benchmark_reports_are_reproducible(tiny_dir, tiny_w8a8, tmp_path):
     assert list(ja) == list(jb) and ja["generation_seconds"] > 0
 
 
+def test_benchmark_resumes_with_its_checkpoint_moved(tiny_dir, tiny_w8a8, tmp_path):
+    """The image manifests identify a checkpoint by its content, not by where it lies: the
+    same checkpoint copied elsewhere (or the path spelled another way) reuses every image."""
+    import dataclasses
+    import shutil
+
+    from quant.bench import (BenchmarkConfig, MetricModels, fp_variant, quantized_variant,
+                             run_benchmark)
+
+    config = BenchmarkConfig(out_dir=str(tmp_path / "out"), latency=False, clip=False,
+                             fid=False, device="cpu", grid_rows=2)
+    prompts = ["a cat", "a dog"]
+    run_benchmark([fp_variant(str(tiny_dir), device="cpu"),
+                   quantized_variant(str(tiny_dir), tiny_w8a8, device="cpu", name="w8")],
+                  prompts, config, models=MetricModels())
+    images = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")}
+    moved = shutil.copytree(tiny_w8a8, tmp_path / "elsewhere" / "q")
+
+    def never():
+        raise AssertionError("a complete benchmark loads no pipeline")
+
+    variants = [fp_variant(str(tiny_dir), device="cpu"),
+                quantized_variant(str(tiny_dir), moved, device="cpu", name="w8")]
+    report = run_benchmark([dataclasses.replace(v, load=never) for v in variants], prompts,
+                           config, models=MetricModels())
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")} == images
+    assert report["variants"][1]["source"]["quantized"] == str(moved.resolve())
+
+
 def test_grid_labels_fit_their_cells(tmp_path, monkeypatch):
     import matplotlib
     matplotlib.use("Agg")
