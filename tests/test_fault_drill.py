@@ -7,8 +7,8 @@ command runs to the end. Every file the stage wrote must be byte-identical to th
 uninterrupted run (timing-only files and fields excepted, listed in ``TIMING``), and no
 temporary file (``*.tmp``) may be left anywhere, the model cache included.
 
-Both runs use the same relative paths (each runs in its own root folder); the benchmark records
-the quantized folder's absolute path, so the root folder is replaced by ``<ROOT>`` before
+Both runs use the same relative paths (each runs in its own root folder); the benchmark report
+names the quantized folder's absolute path, so the root folder is replaced by ``<ROOT>`` before
 comparing. ``MIXDQ_DRILL_SEED`` picks the kill times.
 """
 
@@ -95,8 +95,8 @@ def _snapshot(root: Path, outputs: list[str]) -> dict[str, object]:
     for out in outputs:
         for path in sorted((root / out).rglob("*")):
             if path.is_file() and path.name not in TIMING_FILES and ".parts" not in path.parts[-2]:
-                # The benchmark records the quantized folder's absolute path: the two runs'
-                # folders differ by their root only.
+                # The benchmark report names the quantized folder's absolute path: the two
+                # runs' folders differ by their root only.
                 data = path.read_bytes().replace(str(root.resolve()).encode(), b"<ROOT>")
                 files[str(path.relative_to(root))] = _strip(path.name, data)
     return files
