@@ -127,7 +127,7 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if guard:
-        pipe.mixdq_guard = PrecisionGuard(pipe)
+        pipe.mixdq_guard = PrecisionGuard(pipe, name=f"model {model}")
     return pipe
 
 
