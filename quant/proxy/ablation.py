@@ -9,8 +9,14 @@ Variants (each quantized from the same calibration set, scored on the same capti
 ``uniform-w4a8``            uniform W4A8 (MSE weight scales, BOS-aware)
 ``mixdq-sqnr-w4a8``         mixed precision, W4A8 average, both groups scored by SQNR only
 ``mixdq-w8a8``              MixDQ metric-decoupled (SQNR + SSIM), W8A8 average, protect list
+``mixdq-w5a8``              MixDQ metric-decoupled, W5A8 average, protect list
 ``mixdq-w4a8``              MixDQ metric-decoupled, W4A8 average, protect list
 ==========================  ==================================================================
+
+Every variant is scored on held-out captions (attribute combinations the proxy never saw) with
+content accuracy and its 95% Wilson interval, FID, the high-frequency quality score, SQNR, SSIM
+and UNet weight megabytes. The calls into the library's stages (calibration, sensitivity, bit
+allocation, quantization) all go through :class:`Stages`, the one place to re-point them.
 
 Every stage is resumable: calibration and sensitivity resume themselves, and each variant's
 scores are stored as they finish.
@@ -37,19 +43,28 @@ class AblationConfig:
 
     Attributes:
         calib_prompts: training captions used for calibration and sensitivity.
-        eval_repeats: each of the 120 captions is generated this many times (seeds differ).
+        eval_repeats: each held-out caption is generated this many times (seeds differ); the
+            default gives 12 x 43 = 516 images per variant.
+        split: captions to evaluate on (``heldout``, ``train`` or ``all``).
         seed: seed of the first evaluation image (image ``i``: ``seed + i``).
         batch_size: calibration samples per UNet call.
+        method: the MixDQ method preset the stages run with; ``None`` = the library's defaults
+            (the only choice until the stages accept a preset).
     """
 
     calib_prompts: int = 32
-    eval_repeats: int = 2
+    eval_repeats: int = 43
+    split: str = "heldout"
     seed: int = 42
     batch_size: int = 8
+    method: str | None = None
 
     def __post_init__(self):
         if min(self.calib_prompts, self.eval_repeats, self.batch_size) < 1:
             raise MixDQError("ablation sizes must be positive")
+        if self.method is not None:
+            raise MixDQError(f"ablation method {self.method!r}: this version runs the stages "
+                             f"with their defaults only (method=None)")
 
 
 def _variants():
@@ -63,29 +78,69 @@ def _variants():
                             dict(weight_scale="mse", bos=True)),
         "mixdq-w8a8": ("MixDQ metric-decoupled W8A8", ("allocate", 8.0, 8.0, "ssim"),
                        dict(weight_scale="mse", bos=True)),
+        "mixdq-w5a8": ("MixDQ metric-decoupled W5A8 avg", ("allocate", 5.0, 8.0, "ssim"),
+                       dict(weight_scale="mse", bos=True)),
         "mixdq-w4a8": ("MixDQ metric-decoupled W4A8 avg", ("allocate", 4.0, 8.0, "ssim"),
                        dict(weight_scale="mse", bos=True)),
     }
 
 
-def _bit_map(spec, unet, sens_csv: Path):
-    from ..bitalloc import AllocConfig, Budget, SensitivityTable, allocate, read_protect_list
-    from ..bitmap import BitMap
-    from ..structure import quantizable_layers
+@dataclasses.dataclass(frozen=True)
+class Stages:
+    """The ablation's calls into the library's stages, all in one place.
 
-    if spec[0] == "uniform":
-        return BitMap.uniform(quantizable_layers(unet), spec[1], spec[2])
-    _, w, a, metric = spec
-    table = SensitivityTable.read(sens_csv)
-    protect = read_protect_list(sens_csv.with_name(sens_csv.stem + ".protect.txt"), table.layers)
-    config = AllocConfig(content_metric=metric)
-    return allocate(table, Budget.bits(w), Budget.bits(a), config, protect).bit_map
+    Each method takes what the stage needs and calls the library function with today's
+    defaults; ``method`` (see :class:`AblationConfig`) is carried so a preset can be passed
+    through here once the stages accept one.
+    """
+
+    method: str | None = None
+
+    def calibrate(self, pipe, captions: list[str], calib_dir: Path, config: AblationConfig,
+                  progress: bool) -> None:
+        from ..calib import record_calibration
+
+        record_calibration(pipe, captions, calib_dir, batch_size=config.batch_size,
+                           seed=config.seed, model_name=MODEL, progress=progress)
+
+    def sensitivity(self, calib_dir: Path, sens_csv: Path, config: AblationConfig, device,
+                    progress: bool) -> None:
+        from ..sensitivity import SensitivityConfig, run_sensitivity
+
+        stages.sensitivity(calib_dir, sens_csv, config, device, progress)
+
+    def bit_map(self, spec, unet, sens_csv: Path):
+        from ..bitalloc import AllocConfig, Budget, SensitivityTable, allocate, read_protect_list
+        from ..bitmap import BitMap
+        from ..structure import quantizable_layers
+
+        if spec[0] == "uniform":
+            return BitMap.uniform(quantizable_layers(unet), spec[1], spec[2])
+        _, w, a, metric = spec
+        table = SensitivityTable.read(sens_csv)
+        protect = read_protect_list(sens_csv.with_name(sens_csv.stem + ".protect.txt"),
+                                    table.layers)
+        config = AllocConfig(content_metric=metric)
+        return allocate(table, Budget.bits(w), Budget.bits(a), config, protect).bit_map
+
+    def quantize(self, unet, bit_map, calib_dir: Path, config: AblationConfig,
+                 options: dict) -> None:
+        from ..calib import CalibrationData
+        from ..quantize import quantize_unet
+
+        batches = CalibrationData(calib_dir).batches(config.batch_size, device=unet.device)
+        quantize_unet(unet, bit_map, batches, progress=False, **options)
+
+
+def _bit_map(spec, unet, sens_csv: Path):
+    return Stages().bit_map(spec, unet, sens_csv)
 
 
 def _scores(result: dict, unet) -> dict:
     from ..bench.timing import weight_bytes
 
-    keep = ("content_acc", "fid", "sqnr_db", "psnr_db", "ssim")
+    keep = ("content_acc", "content_lo", "content_hi", "fid", "quality", "sharpness", "sqnr_db",
+            "psnr_db", "ssim")
     row = {k: float(result[k]) for k in keep if k in result}
     row["weight_mb"] = weight_bytes(unet) / 1e6
     return row
@@ -105,15 +160,13 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
     Returns:
         The report: settings and one row of scores per variant, as written to ``ablation.json``.
     """
-    from ..calib import CalibrationData, record_calibration
     from ..models import load_fp_pipeline
-    from ..quantize import quantize_unet
-    from ..sensitivity import SensitivityConfig, run_sensitivity
     from .grid import save_grid
     from .metrics import eval_captions, evaluate
 
     out = Path(out_dir)
-    captions = eval_captions("all", config.eval_repeats)
+    stages = Stages(config.method)
+    captions = eval_captions(config.split, config.eval_repeats)
     calib_dir, sens_csv = out / "calib", out / "sensitivity" / "sens.csv"
     pipe = load_fp_pipeline(MODEL, device)
     # A seeded sample, not the first N: captions come in grammar order, and the first few share
@@ -122,12 +175,10 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
     calib_captions = random.Random(config.seed).sample(train, min(config.calib_prompts, len(train)))
     if not (calib_dir / "manifest.json").exists():
         log(f"[ablation] calibrating on {len(calib_captions)} training captions")
-        record_calibration(pipe, calib_captions, calib_dir, batch_size=config.batch_size,
-                           seed=config.seed, model_name=MODEL, progress=progress)
+        stages.calibrate(pipe, calib_captions, calib_dir, config, progress)
     if not sens_csv.exists():
         log("[ablation] measuring layer sensitivity (SQNR for all, SSIM for content layers)")
-        run_sensitivity(MODEL, calib_dir, sens_csv, SensitivityConfig(batch_size=config.batch_size),
-                        device=device, progress=progress)
+        stages.sensitivity(calib_dir, sens_csv, config, device, progress)
     log(f"[ablation] full precision on {len(captions)} captions")
     fp = evaluate(pipe, captions, seed=config.seed)
     references = fp["images"]
@@ -140,9 +191,8 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
             rows[name] = json.loads(cached.read_text())
             continue
         log(f"[ablation] {name}: {description}")
-        bit_map = _bit_map(spec, pipe.unet, sens_csv)
-        batches = CalibrationData(calib_dir).batches(config.batch_size, device=pipe.unet.device)
-        quantize_unet(pipe.unet, bit_map, batches, progress=False, **options)
+        bit_map = stages.bit_map(spec, pipe.unet, sens_csv)
+        stages.quantize(pipe.unet, bit_map, calib_dir, config, options)
         result = evaluate(pipe, captions, seed=config.seed, reference_images=references)
         rows[name] = dict(_scores(result, pipe.unet), description=description)
         grid[name] = result["images"]
@@ -151,7 +201,8 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
               "eval_captions": len(captions), "variants": rows}
     write_json(out / "ablation.json", report)
     write_text(out / "ablation.md", markdown(report))
-    picks = list(range(0, len(captions) // config.eval_repeats, 20))[:6]
+    unique = len(captions) // config.eval_repeats  # captions repeat with period `unique`
+    picks = list(range(0, unique, max(1, unique // 6)))[:6]
     names = list(grid)
     images = torch.stack([grid[n][i] for i in picks for n in names])
     labels = [f"{n}: {captions[i]}" for i in picks for n in names]
@@ -162,12 +213,15 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
 def markdown(report: dict) -> str:
     """The ablation as a Markdown table."""
     lines = [f"# MixDQ ablation on `--model proxy` ({report['eval_captions']} captions, 1 step)",
-             "", "| variant | content acc | FID | SQNR (dB) | SSIM | UNet weights (MB) |",
-             "|---|---|---|---|---|---|"]
+             "", "| variant | content acc [95% CI] | FID | quality (HF err %) | SQNR (dB) | SSIM | "
+             "UNet weights (MB) |", "|---|---|---|---|---|---|---|"]
     for name, row in report["variants"].items():
         def cell(key, fmt):
             return fmt.format(row[key]) if key in row else "—"
-        lines.append(f"| {name} ({row['description']}) | {cell('content_acc', '{:.3f}')} | "
-                     f"{cell('fid', '{:.2f}')} | {cell('sqnr_db', '{:.2f}')} | "
+        acc = cell("content_acc", "{:.3f}")
+        if "content_lo" in row:
+            acc += f" [{row['content_lo']:.3f}, {row['content_hi']:.3f}]"
+        lines.append(f"| {name} ({row['description']}) | {acc} | {cell('fid', '{:.2f}')} | "
+                     f"{cell('quality', '{:.1f}')} | {cell('sqnr_db', '{:.2f}')} | "
                      f"{cell('ssim', '{:.4f}')} | {cell('weight_mb', '{:.3f}')} |")
     return "\n".join(lines) + "\n"
