@@ -107,10 +107,18 @@ class Stages:
                     progress: bool) -> None:
         from ..sensitivity import SensitivityConfig, run_sensitivity
 
-        stages.sensitivity(calib_dir, sens_csv, config, device, progress)
+        run_sensitivity(MODEL, calib_dir, sens_csv,
+                        SensitivityConfig(batch_size=config.batch_size), device=device,
+                        progress=progress)
 
     def bit_map(self, spec, unet, sens_csv: Path):
-        from ..bitalloc import AllocConfig, Budget, SensitivityTable, allocate, read_protect_list
+        from ..bitalloc import (
+            AllocConfig,
+            Budget,
+            SensitivityTable,
+            allocate,
+            read_protect_list,
+        )
         from ..bitmap import BitMap
         from ..structure import quantizable_layers
 
@@ -212,16 +220,24 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
 
 def markdown(report: dict) -> str:
     """The ablation as a Markdown table."""
-    lines = [f"# MixDQ ablation on `--model proxy` ({report['eval_captions']} captions, 1 step)",
-             "", "| variant | content acc [95% CI] | FID | quality (HF err %) | SQNR (dB) | SSIM | "
-             "UNet weights (MB) |", "|---|---|---|---|---|---|---|"]
+    settings = report.get("settings", {})
+    split = settings.get("split", "heldout")
+    method = settings.get("method") or "library defaults"
+    title = (f"# MixDQ ablation on `--model proxy` ({report['eval_captions']} {split} captions, "
+             f"1 step, method: {method})")
+    lines = [title, "",
+             ("| variant | content acc [95% CI] | FID | quality (HF err %) | SQNR (dB) | SSIM | "
+              "UNet weights (MB) |"),
+             "|---|---|---|---|---|---|---|"]
+
+    def cell(row, key, fmt):
+        return fmt.format(row[key]) if key in row else "—"
+
     for name, row in report["variants"].items():
-        def cell(key, fmt):
-            return fmt.format(row[key]) if key in row else "—"
-        acc = cell("content_acc", "{:.3f}")
+        acc = cell(row, "content_acc", "{:.3f}")
         if "content_lo" in row:
             acc += f" [{row['content_lo']:.3f}, {row['content_hi']:.3f}]"
-        lines.append(f"| {name} ({row['description']}) | {acc} | {cell('fid', '{:.2f}')} | "
-                     f"{cell('quality', '{:.1f}')} | {cell('sqnr_db', '{:.2f}')} | "
-                     f"{cell('ssim', '{:.4f}')} | {cell('weight_mb', '{:.3f}')} |")
+        lines.append(f"| {name} ({row['description']}) | {acc} | {cell(row, 'fid', '{:.2f}')} | "
+                     f"{cell(row, 'quality', '{:.1f}')} | {cell(row, 'sqnr_db', '{:.2f}')} | "
+                     f"{cell(row, 'ssim', '{:.4f}')} | {cell(row, 'weight_mb', '{:.3f}')} |")
     return "\n".join(lines) + "\n"

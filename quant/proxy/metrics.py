@@ -7,10 +7,10 @@
 - **SQNR / PSNR / SSIM** against reference images (the full-precision pipeline's outputs for
   the same captions and seeds), which is what a quantized pipeline is compared with;
 - **quality score** (:func:`quality_scores`): the relative error of the images' high-frequency
-  band against the references, in percent (0 = the same fine detail). Blur removes that band,
-  noise and texture add to it, and content (colour, shape, size, position: low frequencies) barely
-  touches it, so it separates "quality" damage from the "content" damage that content accuracy
-  measures. ``sharpness`` tells the two directions apart (<1 blurrier, >1 noisier).
+  band (image minus its 3x3 blur) against the references, in percent (0 = the same fine detail).
+  Blur removes that band, noise and texture add to it; ``sharpness`` tells the two directions
+  apart (<1 blurrier, >1 noisier). It is a fidelity measure, so a wrong colour or a moved edge
+  moves it too; content accuracy is what judges content alone.
 """
 
 from __future__ import annotations
@@ -136,8 +136,10 @@ def quality_scores(images: torch.Tensor, references: torch.Tensor) -> dict[str, 
 def fidelity(images: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
     """SQNR, PSNR and SSIM of ``images`` against ``references`` (both ``[B, 3, H, W]`` in
     [0, 1])."""
-    from torchmetrics.functional.image import (peak_signal_noise_ratio,
-                                               structural_similarity_index_measure)
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
 
     if images.shape != references.shape:
         raise MixDQError(f"images {tuple(images.shape)} and references "

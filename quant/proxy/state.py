@@ -71,7 +71,7 @@ def load_state(path: str | Path) -> dict | None:
     Raises:
         MixDQError: the file is unreadable or is not a proxy training state.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -84,8 +84,7 @@ def load_state(path: str | Path) -> dict | None:
             raise MixDQError(f"{path} is not a proxy training checkpoint (format "
                              f"{meta.get('format')!r}); delete it to start over")
         return _unflatten(json.loads(meta["tree"]), load_file(str(path)))
-    except MixDQError:
-        raise
-    except Exception as exc:  # truncated or corrupt file: one line, not a traceback
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        # truncated or corrupt file: one line, not a traceback
         raise MixDQError(f"proxy training checkpoint {path} is unreadable ({exc}); delete it "
                          f"to start that stage over") from None

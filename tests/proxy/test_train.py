@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from quant.proxy.model import add_time_ids, build_untrained, encode_text
-from quant.proxy.train import (TrainConfig, few_step_timesteps, predicted_x0, sigma_table,
-                               train_unet, train_vae)
+from quant.proxy.train import (
+    TrainConfig,
+    few_step_timesteps,
+    predicted_x0,
+    sigma_table,
+    train_unet,
+    train_vae,
+)
 
 
 def test_timesteps_and_x0_match_the_scheduler():
