@@ -45,7 +45,7 @@ class TrainConfig:
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
     scale_images: int = 512  # images that set the VAE's latent scaling factor
-    unet_steps: int = 1400
+    unet_steps: int = 1800
     unet_lr: float = 1e-3
     text_lr: float = 5e-4
     warmup: int = 100
