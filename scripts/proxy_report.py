@@ -28,8 +28,9 @@ def main() -> None:
     pipe = load_fp_pipeline(args.model, device="cpu")
     classifier = AttributeClassifier.load(classifier_file())
     report = fp_report(pipe, classifier, repeats=args.repeats)
-    embeds = pipe.encode_prompt(eval_captions("all", 1), device="cpu", num_images_per_prompt=1,
-                                do_classifier_free_guidance=False)[0]
+    with torch.no_grad():
+        embeds = pipe.encode_prompt(eval_captions("all", 1), device="cpu",
+                                    num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
     report["bos_ratio"] = bos_outlier_ratio(embeds)
     report["bos_peak"] = float(embeds[:, 0].abs().max())
     report["token_peak_median"] = float(embeds[:, 1:].abs().amax(-1).median())

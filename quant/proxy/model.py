@@ -148,7 +148,7 @@ def classifier_file() -> Path:
     return weights_root() / "classifier.safetensors"
 
 
-TRAIN_HINT = "train them with `python scripts/train_proxy.py` (about 40 minutes on one CPU core)"
+TRAIN_HINT = "train them with `python scripts/train_proxy.py` (about 50 minutes on one CPU core)"
 
 
 def require_pipeline_dir() -> Path:
