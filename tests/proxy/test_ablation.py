@@ -20,7 +20,10 @@ def test_variants_cover_the_ablation():
     with pytest.raises(MixDQError):
         AblationConfig(calib_prompts=0)
     # >= 512 held-out images per variant by default
-    assert AblationConfig().split == "heldout" and 12 * AblationConfig().eval_repeats >= 512
+    from quant.proxy.scenes import HELD_OUT
+
+    assert AblationConfig().split == "heldout"
+    assert len(HELD_OUT) * AblationConfig().eval_repeats == 602
     # the method preset is carried to the stages; until they accept one, only the defaults run
     assert Stages(AblationConfig().method).method is None
     with pytest.raises(MixDQError, match="method 'paper'"):
