@@ -5,7 +5,13 @@ import json
 import pytest
 
 from quant.errors import MixDQError
-from quant.proxy.ablation import AblationConfig, Stages, _variants, markdown, run_ablation
+from quant.proxy.ablation import (
+    AblationConfig,
+    Stages,
+    _variants,
+    markdown,
+    run_ablation,
+)
 
 
 def test_variants_cover_the_ablation():
@@ -54,8 +60,9 @@ def test_ablation_end_to_end(tmp_path):
                 "weight_mb"} <= set(rows[name])
         assert rows[name]["content_lo"] <= rows[name]["content_acc"] <= rows[name]["content_hi"]
         assert rows[name]["weight_mb"] < rows["fp"]["weight_mb"]
-    # the BOS outlier: per-tensor key/value activations that include it lose the text
-    assert rows["naive-w8a8"]["sqnr_db"] < rows["naive-w8a8+bos"]["sqnr_db"] - 3
+    # one-step epsilon amplifies 4-bit errors on the noise path: uniform W4A8 loses the content
+    # that mixed precision at the same bytes keeps (it protects that path)
+    assert rows["uniform-w4a8"]["content_acc"] < 0.5 < rows["mixdq-w4a8"]["content_acc"]
     assert rows["mixdq-w8a8"]["content_acc"] >= 0.85
     assert rows["uniform-w4a8"]["weight_mb"] < rows["naive-w8a8"]["weight_mb"] / 1.7
     assert json.loads((tmp_path / "ablation.json").read_text())["variants"].keys() == rows.keys()

@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from quant.errors import MixDQError
-from quant.proxy.metrics import (fidelity, frechet_distance, high_frequency, quality_scores,
-                                 sqnr_db, wilson_interval)
+from quant.proxy.metrics import (
+    fidelity,
+    frechet_distance,
+    high_frequency,
+    quality_scores,
+    sqnr_db,
+    wilson_interval,
+)
 
 
 def test_fid_of_identical_sets_is_zero():
