@@ -17,13 +17,15 @@ import torch
 from torch import nn
 
 from .bitmap import BitMap
+from .checkpoint import unet_hash
 from .errors import MixDQError
 from .qmodules import qmodule_class
 from .structure import is_cross_attention_kv, quantizable_layers
+from .steps import install_clock, remove_clock, split_by_step
+from .unet import UNET_INPUTS, run_unet, set_submodule
 
-UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs",
-               "timestep_cond")
-_REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+__all__ = ["UNET_INPUTS", "concat_splits", "prepare", "quantize_unet", "output_sqnr", "run_unet",
+           "set_submodule"]
 
 
 def concat_splits(unet: nn.Module) -> dict[str, int]:
@@ -66,12 +68,6 @@ def _as_bit_map(bit_map: BitMap | str | Path) -> BitMap:
     raise MixDQError(f"expected a BitMap or a bit map file, got {type(bit_map).__name__}")
 
 
-def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule called ``name`` (a dotted path) of ``root`` by ``module``."""
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
 def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             weight_scale: str = "mse") -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``unet`` for its quantized version, in place.
@@ -91,8 +87,6 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
     Raises:
         MixDQError: unknown or missing layer names, unsupported bit widths.
     """
-    from .checkpoint import unet_hash
-
     bit_map = _as_bit_map(bit_map)
     layers = quantizable_layers(unet)
     bit_map.validate(layers)
@@ -118,31 +112,9 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
     return unet
 
 
-def _to(obj, device, dtype):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, dtype if obj.is_floating_point() else None)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device, dtype) for k, v in obj.items()}
-    return obj
-
-
-def run_unet(unet: nn.Module, batch: Mapping) -> torch.Tensor:
-    """Call ``unet`` on one calibration batch (moved to its device and dtype); return its output.
-
-    Raises:
-        MixDQError: a batch without ``sample``, ``timestep`` or ``encoder_hidden_states``.
-    """
-    missing = [k for k in _REQUIRED_INPUTS if k not in batch]
-    if missing:
-        raise MixDQError(f"calibration batch lacks {', '.join(missing)} "
-                         f"(has {', '.join(sorted(batch))})")
-    param = next(unet.parameters())
-    kwargs = {k: _to(batch[k], param.device, param.dtype) for k in UNET_INPUTS if k in batch}
-    return unet(**kwargs, return_dict=False)[0]
-
-
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],
                   *, bos: bool = True, weight_scale: str = "mse", momentum: float = 0.95,
+                  range_reduction: str = "auto", timestep_ranges: bool = False,
                   progress: bool = True) -> nn.Module:
     """Prepare ``unet`` with ``bit_map`` and calibrate its activation ranges, in place.
 
@@ -153,6 +125,13 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         bos: BOS-aware quantization of cross-attention key/value inputs.
         weight_scale: ``"mse"`` or ``"minmax"``.
         momentum: moving-average momentum of the activation ranges.
+        range_reduction: how ranges are reduced over batches (:mod:`quant.calib.ranges`):
+            ``auto`` (the original's EMA for a one-step calibration, running min/max when the
+            batches' ``step`` shows several steps), ``ema`` or ``minmax``.
+        timestep_ranges: also calibrate one activation range per denoising step (batches
+            carry ``step`` and ``timestep``) and select it by the timestep of each UNet call
+            (:mod:`quant.steps`; simulated execution). Nothing changes for a one-step
+            calibration.
         progress: show a tqdm bar over the batches.
 
     Returns:
@@ -167,13 +146,36 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
     from .calib.ranges import calibrate_activations
 
     prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
+    remove_clock(unet)
     count = 0
-    with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
+    timesteps: dict[int, float] = {}
+    with torch.no_grad(), calibrate_activations(unet, momentum=momentum,
+                                                reduction=range_reduction) as cal:
         for batch in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress):
-            run_unet(unet, batch)
+            if "step" in batch:
+                cal.note_steps(batch["step"])
+            if not timestep_ranges:
+                run_unet(unet, batch)
+            else:
+                if "step" not in batch:
+                    raise MixDQError("timestep_ranges: calibration batches lack 'step'")
+                for step, part in split_by_step(batch):
+                    timesteps.setdefault(step, float(part["timestep"].flatten()[0]))
+                    cal.step = step
+                    run_unet(unet, part)
             count += 1
         if count == 0:
             raise MixDQError("no calibration batches: the calibration set is empty")
+    if len(timesteps) > 1:
+        steps = sorted(timesteps)
+        if steps != list(range(len(steps))):
+            raise MixDQError(f"timestep_ranges: calibration steps {steps} are not 0..n-1")
+        clock = install_clock(unet, [timesteps[s] for s in steps])
+        for name, per_step in cal.step_ranges.items():
+            if sorted(per_step) != steps:
+                raise MixDQError(f"timestep_ranges: layer {name} ran at steps "
+                                 f"{sorted(per_step)} only, not at every step {steps}")
+            cal.layers[name].set_step_ranges([per_step[s] for s in steps], clock)
     for name, layer in quantizable_layers(unet).items():
         if layer.active_a_bits is not None and layer.act_range is None:
             raise MixDQError(f"layer {name} was never called during calibration; its input "

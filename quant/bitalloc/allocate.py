@@ -24,7 +24,7 @@ from ..bitmap import BitMap, LayerBits
 from ..errors import MixDQError
 from .config import PROTECTED_ACT_BITS, AllocConfig
 from .objective import Objective, Prediction
-from .solver import InfeasibleBudget, Solution, solve_mckp
+from .solver import Solution, solve_mckp
 from .table import SensitivityTable
 
 #: ``score(target, bits) -> loss``: picks among the split mode's candidates (lower is better).

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from .common import add_model_args, load_model, positive_int
+from .common import add_model_args, model_spec, positive_int, stage_options
 
 
 def register(sub):
@@ -24,8 +22,14 @@ def register(sub):
     p.add_argument("--shuffle", action="store_true",
                    help="take a seeded random sample instead of the first N prompts")
     p.add_argument("--shuffle-seed", type=int, default=0, help="seed of --shuffle (default 0)")
-    p.add_argument("--steps", type=positive_int, default=1)
-    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: the model's usual, e.g. 1 for SDXL-Turbo, "
+                   "4 for LCM-LoRA or SDXL-Lightning)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale; above 1 the batch is doubled "
+                   "(default: the model's usual)")
+    p.add_argument("--negative-prompt", default="",
+                   help="unconditional prompt when --guidance > 1 (default empty)")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="image side in pixels (default: the model's native size)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per shard")
@@ -36,23 +40,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..calib.prompts import read_prompts
-    from ..calib.record import finished_run, record_calibration
-    from ..calib.store import CalibrationData
+    from ..stages import CalibrateOptions, calibrate
 
-    prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,
-                              shuffle=args.shuffle, seed=args.shuffle_seed, split=args.split)
-    print(prompt_set.summary(), file=sys.stderr)
-    settings = dict(steps=args.steps, guidance=args.guidance, resolution=args.resolution,
-                    batch_size=args.batch_size, seed=args.seed, model_name=args.model)
-    if finished_run(args.out, prompt_set.prompts, **settings):
-        print(f"{args.out} already holds this calibration; nothing to do")
-        return 0
-    pipe = load_model(args)
-    source = {**prompt_set.describe(), "column": args.column, "shuffle": args.shuffle,
-              "shuffle_seed": args.shuffle_seed}
-    out = record_calibration(pipe, prompt_set.prompts, args.out, progress=not args.no_progress,
-                             source=source, **settings)
-    data = CalibrationData(out)
-    print(f"wrote {out}: {len(data.prompts)} prompts, {data.steps} step(s), {len(data)} samples")
+    calibrate(model_spec(args), stage_options(CalibrateOptions, args), args.out)
     return 0

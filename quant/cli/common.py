@@ -10,21 +10,42 @@ from ..errors import MixDQError
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--device``, ``--dtype``: the same meaning for every stage."""
     p.add_argument("--model", default="stabilityai/sdxl-turbo",
-                   help="Hugging Face Hub id, local diffusers folder, or 'tiny' (built in)")
+                   help="Hugging Face Hub id, local diffusers folder (its model_index.json "
+                   "names the pipeline: SDXL, SD 1.5/2.1 or another UNet pipeline), or a built-in "
+                   "model: 'tiny' (SDXL-Turbo shaped), 'tiny-sd15' (SD 1.5 + LCM, 4 steps), "
+                   "'tiny-sd21' (SD-Turbo shaped), 'tiny-sdxl' (SDXL multi-step/guided), "
+                   "'proxy' (trained)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
     p.add_argument("--dtype", default=None,
                    help="fp16 / bf16 / fp32 (default: fp16 on CUDA; always fp32 on CPU)")
     p.add_argument("--lora", default=None,
                    help="LoRA to fuse into the model first (file, folder or Hub id; needs peft)")
     p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--scheduler", default=None, metavar="CLASS",
+                   help="diffusers scheduler class replacing the model's, e.g. LCMScheduler "
+                   "(default: the model's, or the one its LoRA needs)")
+
+
+def model_spec(args):
+    """The :class:`~quant.models.ModelSpec` the model arguments of a subcommand describe."""
+    from ..models.spec import ModelSpec
+
+    return ModelSpec(args.model, args.device, args.dtype, args.lora, args.lora_scale,
+                     args.scheduler)
 
 
 def load_model(args, **kwargs):
     """The full-precision pipeline the model arguments of a subcommand describe."""
-    from ..models import load_fp_pipeline
+    return model_spec(args).load(**kwargs)
 
-    return load_fp_pipeline(args.model, args.device, args.dtype, lora=args.lora,
-                            lora_scale=args.lora_scale, **kwargs)
+
+def stage_options(cls, args, **extra):
+    """The stage options ``cls`` (``quant.stages``) filled from the parsed arguments."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    data = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls.from_dict({**data, **extra})
 
 
 def not_built(name: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, load_model, positive_int
+from .common import add_model_args, model_spec, positive_int, stage_options
 
 
 def bits_arg(text: str) -> int | None:
@@ -38,6 +38,14 @@ def register(sub):
                    help="weight clipping: MSE search (default) or min-max as the original")
     p.add_argument("--momentum", type=float, default=0.95,
                    help="moving-average momentum of the activation ranges")
+    p.add_argument("--range-reduction", choices=["auto", "ema", "minmax", "mean"], default="auto",
+                   help="how activation ranges are reduced over the calibration batches: ema "
+                   "(the original's), minmax (running min/max over every step and guidance "
+                   "row), mean; auto (default): ema for one step, minmax for several")
+    p.add_argument("--timestep-ranges", action="store_true",
+                   help="multi-step calibrations: one activation range per denoising step, "
+                   "chosen by each UNet call's timestep (runs simulated, not on the integer "
+                   "kernels)")
     p.add_argument("--batch-size", type=positive_int, default=4,
                    help="calibration samples per UNet call")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -46,40 +54,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..bitmap import BitMap, check_bits
-    from ..calib import CalibrationData
-    from ..checkpoint import save_quantized
-    from ..errors import MixDQError
-    from ..quantize import output_sqnr, quantize_unet
-    from ..report import quantization_report
-    from ..structure import quantizable_layers
+    from ..stages import QuantizeOptions, quantize
 
-    uniform = args.w_bits is not None or args.a_bits is not None
-    if args.bit_map and uniform:
-        raise MixDQError("give either --bit-map or --w-bits/--a-bits, not both")
-    if not args.bit_map and not uniform:
-        raise MixDQError("give --bit-map FILE, or --w-bits B and --a-bits B")
-    check_bits(args.w_bits, "weight")
-    check_bits(args.a_bits, "activation")
-    data = CalibrationData(args.calib)
-    pipe = load_model(args)
-    unet = pipe.unet
-    if args.bit_map:
-        bit_map = BitMap.load(args.bit_map)
-    else:
-        bit_map = BitMap.uniform(quantizable_layers(unet), args.w_bits, args.a_bits)
-
-    def batches():
-        return data.batches(args.batch_size, device=unet.device, dtype=unet.dtype)
-
-    quantize_unet(unet, bit_map, batches(), bos=not args.no_bos, weight_scale=args.weight_scale,
-                  momentum=args.momentum, progress=not args.no_progress)
-    sqnr = output_sqnr(unet, batches())
-    meta = {"calibration": str(args.calib), "calibration_samples": len(data),
-            "bos": not args.no_bos, "weight_scale": args.weight_scale,
-            "momentum": args.momentum, "sqnr_db": round(sqnr, 4)}
-    out = save_quantized(unet, args.out, base_model=args.model, metadata=meta)
-    print(quantization_report(unet).format())
-    print(f"UNet output SQNR vs full precision on the calibration set: {sqnr:.2f} dB")
-    print(f"wrote {out}")
+    quantize(model_spec(args), stage_options(QuantizeOptions, args), args.calib, args.out)
     return 0

@@ -15,8 +15,10 @@ Variants (each quantized from the same calibration set, scored on the same capti
 
 Every variant is scored on held-out captions (attribute combinations the proxy never saw) with
 content accuracy and its 95% Wilson interval, FID, the high-frequency quality score, SQNR, SSIM
-and UNet weight megabytes. The calls into the library's stages (calibration, sensitivity, bit
-allocation, quantization) all go through :class:`Stages`, the one place to re-point them.
+and UNet weight megabytes. Calibration, sensitivity and bit allocation run through the same
+stage functions as ``mixdq run`` (:mod:`quant.stages`, one :class:`~quant.models.ModelSpec`),
+quantization through :func:`quant.quantize.quantize_unet` in memory; every call into the library
+is in :class:`Stages`.
 
 Every stage is resumable: calibration and sensitivity resume themselves, and each variant's
 scores are stored as they finish.
@@ -30,9 +32,10 @@ import random
 from pathlib import Path
 
 import torch
+from safetensors.torch import load, save
 
 from ..errors import MixDQError
-from ..utils.io import write_json, write_text
+from ..utils.io import write_bytes, write_json, write_text
 
 MODEL = "proxy"
 
@@ -48,8 +51,9 @@ class AblationConfig:
         split: captions to evaluate on (``heldout``, ``train`` or ``all``).
         seed: seed of the first evaluation image (image ``i``: ``seed + i``).
         batch_size: calibration samples per UNet call.
-        method: the MixDQ method preset the stages run with; ``None`` = the library's defaults
-            (the only choice until the stages accept a preset).
+        method: the MixDQ method preset (``paper``/``plus``) passed to every stage's options
+            that has a ``method`` field; ``None`` = the stages' defaults. Refused while no stage
+            has the field.
     """
 
     calib_prompts: int = 32
@@ -62,9 +66,20 @@ class AblationConfig:
     def __post_init__(self):
         if min(self.calib_prompts, self.eval_repeats, self.batch_size) < 1:
             raise MixDQError("ablation sizes must be positive")
-        if self.method is not None:
-            raise MixDQError(f"ablation method {self.method!r}: this version runs the stages "
-                             f"with their defaults only (method=None)")
+        if self.method is not None and not any(map(_takes_method, _stage_options())):
+            raise MixDQError(f"ablation method {self.method!r}: no stage accepts a method preset "
+                             f"yet (use method=None)")
+
+
+def _stage_options() -> tuple:
+    """The option classes of the stages the ablation runs."""
+    from ..stages import AllocateOptions, CalibrateOptions, SensitivityOptions
+
+    return CalibrateOptions, SensitivityOptions, AllocateOptions
+
+
+def _takes_method(options_class) -> bool:
+    return "method" in {f.name for f in dataclasses.fields(options_class)}
 
 
 def _variants():
@@ -87,61 +102,67 @@ def _variants():
 
 @dataclasses.dataclass(frozen=True)
 class Stages:
-    """The ablation's calls into the library's stages, all in one place.
+    """The ablation's calls into the library, all in one place: the stage functions of
+    :mod:`quant.stages` with one :class:`~quant.models.ModelSpec`, as ``mixdq run`` calls them.
 
-    Each method takes what the stage needs and calls the library function with today's
-    defaults; ``method`` (see :class:`AblationConfig`) is carried so a preset can be passed
-    through here once the stages accept one.
+    ``method`` goes into every stage's options that has a ``method`` field (:meth:`options`).
     """
 
+    model: object  # quant.models.ModelSpec
+    batch_size: int = 8
+    seed: int = 42
     method: str | None = None
+    progress: bool = True
 
-    def calibrate(self, pipe, captions: list[str], calib_dir: Path, config: AblationConfig,
-                  progress: bool) -> None:
-        from ..calib import record_calibration
+    def options(self, options_class, **settings):
+        """``options_class(**settings)``, with ``method`` when set and the class has the field."""
+        if self.method is not None and _takes_method(options_class):
+            settings["method"] = self.method
+        return options_class(**settings)
 
-        record_calibration(pipe, captions, calib_dir, batch_size=config.batch_size,
-                           seed=config.seed, model_name=MODEL, progress=progress)
+    def calibrate(self, captions: list[str], calib_dir: Path, log) -> None:
+        """The calibrate stage on ``captions`` (written beside ``calib_dir`` as its prompt
+        file), one step unguided as SDXL-Turbo samples."""
+        from ..stages import CalibrateOptions, calibrate
 
-    def sensitivity(self, calib_dir: Path, sens_csv: Path, config: AblationConfig, device,
-                    progress: bool) -> None:
-        from ..sensitivity import SensitivityConfig, run_sensitivity
+        source = calib_dir.parent / "calib-prompts.txt"
+        write_text(source, "".join(c + "\n" for c in captions))
+        calibrate(self.model, self.options(
+            CalibrateOptions, prompts=str(source), num_prompts=len(captions), steps=1,
+            guidance=0.0, batch_size=self.batch_size, seed=self.seed,
+            no_progress=not self.progress), calib_dir, log=log)
 
-        run_sensitivity(MODEL, calib_dir, sens_csv,
-                        SensitivityConfig(batch_size=config.batch_size), device=device,
-                        progress=progress)
+    def sensitivity(self, calib_dir: Path, sens_csv: Path, log) -> None:
+        from ..stages import SensitivityOptions, sensitivity
 
-    def bit_map(self, spec, unet, sens_csv: Path):
-        from ..bitalloc import (
-            AllocConfig,
-            Budget,
-            SensitivityTable,
-            allocate,
-            read_protect_list,
-        )
+        sensitivity(self.model, self.options(SensitivityOptions, batch_size=self.batch_size,
+                                             no_progress=not self.progress),
+                    calib_dir, sens_csv, log=log)
+
+    def bit_map(self, how, unet, sens_csv: Path, out: Path):
+        """A uniform bit map, or the allocate stage's (written to ``out``) from the table and
+        its protect list."""
         from ..bitmap import BitMap
+        from ..stages import AllocateOptions, allocate
         from ..structure import quantizable_layers
 
-        if spec[0] == "uniform":
-            return BitMap.uniform(quantizable_layers(unet), spec[1], spec[2])
-        _, w, a, metric = spec
-        table = SensitivityTable.read(sens_csv)
-        protect = read_protect_list(sens_csv.with_name(sens_csv.stem + ".protect.txt"),
-                                    table.layers)
-        config = AllocConfig(content_metric=metric)
-        return allocate(table, Budget.bits(w), Budget.bits(a), config, protect).bit_map
+        if how[0] == "uniform":
+            return BitMap.uniform(quantizable_layers(unet), how[1], how[2])
+        _, w, a, metric = how
+        protect = sens_csv.with_name(sens_csv.stem + ".protect.txt")
+        options = self.options(AllocateOptions, weight_bits=w, act_bits=a, content_metric=metric,
+                               protect=str(protect))
+        return allocate(options, sens_csv, out, log=lambda line: None).bit_map
 
-    def quantize(self, unet, bit_map, calib_dir: Path, config: AblationConfig,
-                 options: dict) -> None:
+    def quantize(self, unet, bit_map, calib_dir: Path, options: dict) -> None:
+        """Quantize ``unet`` in place, activation ranges from the calibration."""
         from ..calib import CalibrationData
         from ..quantize import quantize_unet
 
-        batches = CalibrationData(calib_dir).batches(config.batch_size, device=unet.device)
+        batches = CalibrationData(calib_dir).batches(self.batch_size, device=unet.device)
         quantize_unet(unet, bit_map, batches, progress=False, **options)
 
 
-def _bit_map(spec, unet, sens_csv: Path):
-    return Stages().bit_map(spec, unet, sens_csv)
 
 
 def _scores(result: dict, unet) -> dict:
@@ -168,51 +189,56 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
     Returns:
         The report: settings and one row of scores per variant, as written to ``ablation.json``.
     """
-    from ..models import load_fp_pipeline
+    from ..models import ModelSpec
     from .grid import save_grid
     from .metrics import eval_captions, evaluate
 
     out = Path(out_dir)
-    stages = Stages(config.method)
+    model = ModelSpec(MODEL, device=None if device is None else str(device))
+    stages = Stages(model, batch_size=config.batch_size, seed=config.seed, method=config.method,
+                    progress=progress)
     captions = eval_captions(config.split, config.eval_repeats)
     calib_dir, sens_csv = out / "calib", out / "sensitivity" / "sens.csv"
-    pipe = load_fp_pipeline(MODEL, device)
+    variants = out / "variants"
+    pipe = model.load()
     # A seeded sample, not the first N: captions come in grammar order, and the first few share
     # one colour and shape, which would leave the activation ranges too narrow for the rest.
     train = eval_captions("train", 1)
     calib_captions = random.Random(config.seed).sample(train, min(config.calib_prompts, len(train)))
     if not (calib_dir / "manifest.json").exists():
         log(f"[ablation] calibrating on {len(calib_captions)} training captions")
-        stages.calibrate(pipe, calib_captions, calib_dir, config, progress)
+        stages.calibrate(calib_captions, calib_dir, log)
     if not sens_csv.exists():
         log("[ablation] measuring layer sensitivity (SQNR for all, SSIM for content layers)")
-        stages.sensitivity(calib_dir, sens_csv, config, device, progress)
+        stages.sensitivity(calib_dir, sens_csv, log)
+    unique = len(captions) // config.eval_repeats  # captions repeat with period `unique`
+    picks = list(range(0, unique, max(1, unique // 6)))[:6]  # the grid's rows
     log(f"[ablation] full precision on {len(captions)} captions")
     fp = evaluate(pipe, captions, seed=config.seed)
     references = fp["images"]
     rows = {"fp": dict(_scores(fp, pipe.unet), description="full precision")}
-    grid = {"fp": references}
-    for name, (description, spec, options) in _variants().items():
-        cached = out / "variants" / f"{name}.json"
-        pipe = load_fp_pipeline(MODEL, device)
-        if cached.exists():
+    grid = {"fp": references[picks]}
+    for name, (description, how, options) in _variants().items():
+        cached, cached_grid = variants / f"{name}.json", variants / f"{name}.grid.safetensors"
+        if cached.exists() and cached_grid.exists():  # a finished variant: scores and grid images
             rows[name] = json.loads(cached.read_text())
+            grid[name] = load(cached_grid.read_bytes())["images"]
             continue
+        pipe = model.load()
         log(f"[ablation] {name}: {description}")
-        bit_map = stages.bit_map(spec, pipe.unet, sens_csv)
-        stages.quantize(pipe.unet, bit_map, calib_dir, config, options)
+        bit_map = stages.bit_map(how, pipe.unet, sens_csv, variants / f"{name}.bitmap.json")
+        stages.quantize(pipe.unet, bit_map, calib_dir, options)
         result = evaluate(pipe, captions, seed=config.seed, reference_images=references)
         rows[name] = dict(_scores(result, pipe.unet), description=description)
-        grid[name] = result["images"]
+        grid[name] = result["images"][picks].contiguous()
+        write_bytes(cached_grid, save({"images": grid[name]}))
         write_json(cached, rows[name])
     report = {"model": MODEL, "settings": dataclasses.asdict(config),
               "eval_captions": len(captions), "variants": rows}
     write_json(out / "ablation.json", report)
     write_text(out / "ablation.md", markdown(report))
-    unique = len(captions) // config.eval_repeats  # captions repeat with period `unique`
-    picks = list(range(0, unique, max(1, unique // 6)))[:6]
     names = list(grid)
-    images = torch.stack([grid[n][i] for i in picks for n in names])
+    images = torch.stack([grid[n][row] for row in range(len(picks)) for n in names])
     labels = [f"{n}: {captions[i]}" for i in picks for n in names]
     save_grid(images, labels, out / "ablation_grid.png", columns=len(names))
     return report

@@ -53,7 +53,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     checkpoint_every: int = 100
     prediction_type: str = "epsilon"  # see the module docstring
-    bos_peak: float = BOS_PEAK  # the BOS token's input-embedding outlier (model.install_bos_outlier)
+    bos_peak: float = BOS_PEAK  # the BOS token's input-embedding outlier (install_bos_outlier)
 
     def __post_init__(self):
         if self.batch < 1 or self.vae_steps < 0 or self.unet_steps < 1:

@@ -23,6 +23,32 @@ def test_variants_cover_the_ablation():
     assert specs["naive-w8a8+bos"][1]["bos"] is True
     assert specs["mixdq-sqnr-w4a8"][0][-1] == "sqnr" and specs["mixdq-w4a8"][0][-1] == "ssim"
     assert specs["mixdq-w5a8"][0] == ("allocate", 5.0, 8.0, "ssim")
+
+
+def test_every_variant_is_a_valid_stage_call():
+    """Each variant's bit-map recipe and quantize options are accepted by the stage API."""
+    import inspect
+
+    from quant.quantize import quantize_unet
+    from quant.stages import AllocateOptions, QuantizeOptions
+
+    accepted = set(inspect.signature(quantize_unet).parameters)
+    descriptions = [d for d, _, _ in _variants().values()]
+    assert len(set(descriptions)) == len(descriptions) == 7
+    kinds = set()
+    for name, (_, how, options) in _variants().items():
+        assert set(options) <= accepted, name
+        kinds.add(how[0])
+        if how[0] == "uniform":
+            QuantizeOptions(w_bits=how[1], a_bits=how[2],
+                            weight_scale=options.get("weight_scale", "mse"))
+        else:
+            _, w, a, metric = how
+            AllocateOptions(weight_bits=w, act_bits=a, content_metric=metric).alloc_config()
+    assert kinds == {"uniform", "allocate"}
+
+
+def test_ablation_config_and_method():
     with pytest.raises(MixDQError):
         AblationConfig(calib_prompts=0)
     # >= 512 held-out images per variant by default
@@ -30,10 +56,23 @@ def test_variants_cover_the_ablation():
 
     assert AblationConfig().split == "heldout"
     assert len(HELD_OUT) * AblationConfig().eval_repeats == 602
-    # the method preset is carried to the stages; until they accept one, only the defaults run
-    assert Stages(AblationConfig().method).method is None
-    with pytest.raises(MixDQError, match="method 'paper'"):
+    # No stage's options have a `method` field on this branch: a preset is refused...
+    with pytest.raises(MixDQError, match="method 'paper': no stage accepts"):
         AblationConfig(method="paper")
+    # ...and once one has it, Stages passes it into exactly those options (None: defaults).
+    import dataclasses
+
+    from quant.models import ModelSpec
+    from quant.stages import SensitivityOptions
+
+    @dataclasses.dataclass(frozen=True)
+    class WithMethod(SensitivityOptions):
+        method: str = "paper"
+
+    stages = Stages(ModelSpec("proxy"), method="plus")
+    assert stages.options(WithMethod, batch_size=3).method == "plus"
+    assert stages.options(SensitivityOptions, batch_size=3) == SensitivityOptions(batch_size=3)
+    assert Stages(ModelSpec("proxy")).options(WithMethod).method == "paper"
 
 
 def test_markdown_table():
@@ -66,4 +105,14 @@ def test_ablation_end_to_end(tmp_path):
     assert rows["mixdq-w8a8"]["content_acc"] >= 0.85
     assert rows["uniform-w4a8"]["weight_mb"] < rows["naive-w8a8"]["weight_mb"] / 1.7
     assert json.loads((tmp_path / "ablation.json").read_text())["variants"].keys() == rows.keys()
-    assert (tmp_path / "ablation_grid.png").stat().st_size > 1000
+    grid = (tmp_path / "ablation_grid.png").read_bytes()
+    assert len(grid) > 1000
+    # resumed: every variant comes from its cache, and the grid still shows all of them
+    (tmp_path / "ablation_grid.png").unlink()
+    lines = []
+    again = run_ablation(tmp_path, AblationConfig(calib_prompts=16, eval_repeats=2),
+                         device="cpu", progress=False, log=lines.append)
+    assert not [line for line in lines if line.startswith(tuple(f"[ablation] {n}:"
+                                                                 for n in _variants()))]
+    assert again["variants"] == rows
+    assert (tmp_path / "ablation_grid.png").read_bytes() == grid
