@@ -30,12 +30,16 @@ import dataclasses
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load, save
 
 from ..errors import MixDQError
 from ..utils.io import write_bytes, write_json, write_text
+
+if TYPE_CHECKING:
+    from ..models.spec import ModelSpec
 
 MODEL = "proxy"
 
@@ -47,7 +51,7 @@ class AblationConfig:
     Attributes:
         calib_prompts: training captions used for calibration and sensitivity.
         eval_repeats: each held-out caption is generated this many times (seeds differ); the
-            default gives 12 x 43 = 516 images per variant.
+            default gives 14 x 43 = 602 images per variant.
         split: captions to evaluate on (``heldout``, ``train`` or ``all``).
         seed: seed of the first evaluation image (image ``i``: ``seed + i``).
         batch_size: calibration samples per UNet call.
@@ -108,7 +112,7 @@ class Stages:
     ``method`` goes into every stage's options that has a ``method`` field (:meth:`options`).
     """
 
-    model: object  # quant.models.ModelSpec
+    model: ModelSpec
     batch_size: int = 8
     seed: int = 42
     method: str | None = None
@@ -155,14 +159,13 @@ class Stages:
         return allocate(options, sens_csv, out, log=lambda line: None).bit_map
 
     def quantize(self, unet, bit_map, calib_dir: Path, options: dict) -> None:
-        """Quantize ``unet`` in place, activation ranges from the calibration."""
+        """Quantize ``unet`` in place, activation ranges from the calibration: the quantize
+        stage's core without its checkpoint (``method`` does not reach it yet)."""
         from ..calib import CalibrationData
         from ..quantize import quantize_unet
 
         batches = CalibrationData(calib_dir).batches(self.batch_size, device=unet.device)
         quantize_unet(unet, bit_map, batches, progress=False, **options)
-
-
 
 
 def _scores(result: dict, unet) -> dict:
