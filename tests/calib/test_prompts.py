@@ -8,7 +8,8 @@ from quant.errors import MixDQError
 
 
 def first_captions(path, n):
-    """The first caption of each of the first images, read independently of the loader."""
+    """The first caption of each of the first images in the ``images`` list, read independently
+    of the loader."""
     with open(path, encoding="utf-8") as f:
         coco = json.load(f)
     captions = []
@@ -19,11 +20,42 @@ def first_captions(path, n):
             return captions
 
 
+def annotation_order_captions(path, n):
+    """The first caption per image, images in order of first appearance in ``annotations``."""
+    with open(path, encoding="utf-8") as f:
+        coco = json.load(f)
+    seen, captions = set(), []
+    for ann in coco["annotations"]:
+        if ann["image_id"] not in seen:
+            seen.add(ann["image_id"])
+            captions.append(" ".join(ann["caption"].split()))
+            if len(captions) == n:
+                return captions
+
+
 def test_coco_json_first_caption_of_each_image(shared_data):
     path = f"{shared_data}/coco_captions_val2017.json"
     prompts = load_prompts(path, num_prompts=8)
-    assert prompts == first_captions(path, 8)
+    assert prompts == annotation_order_captions(path, 8)
     assert len(set(prompts)) == 8
+    assert load_prompts(path, num_prompts=8, coco_order="images") == first_captions(path, 8)
+
+
+def test_coco_annotation_order_differs_from_images_list(tmp_path):
+    coco = tmp_path / "c.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}],
+        "annotations": [{"image_id": 3, "caption": "three a"},
+                        {"image_id": 1, "caption": "one a"},
+                        {"image_id": 3, "caption": "three b"},
+                        {"image_id": 2, "caption": "two a"},
+                        {"image_id": 1, "caption": "one b"}]}))
+    got = read_prompts(str(coco))
+    assert got.prompts == ["three a", "one a", "two a"] and got.empty == [3]
+    assert load_prompts(str(coco), num_prompts=2) == ["three a", "one a"]
+    assert load_prompts(str(coco), coco_order="images") == ["one a", "two a", "three a"]
+    with pytest.raises(MixDQError, match="coco_order"):
+        read_prompts(str(coco), coco_order="file")
 
 
 def test_coco30k_csv_text_column(shared_data):
@@ -63,6 +95,8 @@ def test_tsv_with_named_column_and_coco_image_without_caption(tmp_path):
         "annotations": [{"image_id": 3, "caption": "three a"}, {"image_id": 5, "caption": "five"},
                         {"image_id": 3, "caption": "three b"}]}))
     got = read_prompts(str(coco))
+    assert got.prompts == ["three a", "five"] and got.empty == [2]
+    got = read_prompts(str(coco), coco_order="images")
     assert got.prompts == ["five", "three a"] and got.empty == [2]
 
 
