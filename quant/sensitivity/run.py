@@ -170,7 +170,8 @@ def run_sensitivity(model: str, calib_dir: str | Path, out: str | Path,
         config: what to measure.
         quantized_base: a quantized checkpoint folder to measure on top of.
         device: ``cpu``/``cuda``; under torchrun on CUDA each rank uses its local GPU.
-        dtype: compute dtype request (see :func:`quant.precision.resolve_dtype`).
+        dtype: compute dtype request (see :func:`quant.precision.resolve_dtype`); default
+            ``config.dtype`` (float32, the original's, unless the ``fp16_sensitivity`` switch).
         progress: a tqdm bar over evaluations (rank 0).
 
     Returns:
@@ -185,7 +186,7 @@ def run_sensitivity(model: str, calib_dir: str | Path, out: str | Path,
         raise MixDQError(f"--out {out}: the sensitivity table must be a .csv file")
     calib = CalibrationData(calib_dir)
     with Distributed(device) as dist:
-        pipe = load_fp_pipeline(model, device=dist.device, dtype=dtype)
+        pipe = load_fp_pipeline(model, device=dist.device, dtype=dtype or config.dtype)
         names = config.select(list(quantizable_layers(pipe.unet)))
         unet_dtype = pipe.unet.dtype
         settings = _settings(model, calib, config, quantized_base, dist.device, unet_dtype, names)
@@ -257,8 +258,9 @@ def _merge(outputs: Outputs, names, config, gathered, world) -> RunSummary:
                          f"rerun the same command to finish")
     rows = [r for n in names for r in done[n]]
     write_csv(outputs.csv, rows, names)
-    protect = protect_list(rows, config.protect_fraction)
-    write_text(outputs.protect, format_protect(protect, rows, config.protect_fraction))
+    protect = protect_list(rows, config.protect_fraction, rule=config.protect_rule)
+    write_text(outputs.protect, format_protect(protect, rows, config.protect_fraction,
+                                               rule=config.protect_rule))
     save_heatmap(outputs.heatmap, rows, title=f"{outputs.csv.name}: one layer quantized at a time")
     summary = _summary(outputs, names, gathered, protect, world, merged=True)
     write_json(outputs.summary, {
