@@ -26,7 +26,14 @@ UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs
 _REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 
 
-def concat_splits(unet: nn.Module) -> dict[str, int]:
+#: Which layers reading ``concat(hidden, skip)`` get split quantizers: the original splits only
+#: ``conv_shortcut`` (activation and weight; method ``paper``); switch ``conv1_split`` adds the
+#: resnet's ``conv1`` (activation only).
+SPLIT_LEAVES = ("conv_shortcut",)
+
+
+def concat_splits(unet: nn.Module,
+                  leaves: tuple[str, ...] = ("conv1", "conv_shortcut")) -> dict[str, int]:
     """Layers whose input is ``concat(hidden, skip)`` along channels, with ``hidden``'s width.
 
     Read from the model as diffusers builds it: each up-block resnet gets the running hidden
@@ -34,6 +41,10 @@ def concat_splits(unet: nn.Module) -> dict[str, int]:
     width of the block before it (the mid block for the first); inside a block it has the
     previous resnet's output width. The resnet's ``conv1`` (after norm and SiLU, channel order
     kept) and ``conv_shortcut`` see that concatenation.
+
+    Args:
+        unet: the UNet.
+        leaves: which of the resnet's layers to list (both by default).
 
     Returns:
         Layer name -> channel count of the first slice, for every such ``nn.Conv2d``.
@@ -47,7 +58,7 @@ def concat_splits(unet: nn.Module) -> dict[str, int]:
     for i, block in enumerate(up_blocks):
         for j, resnet in enumerate(block.resnets):
             if resnet.in_channels > hidden:
-                for leaf in ("conv1", "conv_shortcut"):
+                for leaf in leaves:
                     conv = getattr(resnet, leaf, None)
                     if isinstance(conv, nn.Conv2d) and conv.in_channels == resnet.in_channels:
                         splits[f"up_blocks.{i}.resnets.{j}.{leaf}"] = hidden
@@ -73,7 +84,7 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
-            weight_scale: str = "mse") -> nn.Module:
+            weight_scale: str = "minmax", conv1_split: bool = False) -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``unet`` for its quantized version, in place.
 
     Layers are not calibrated yet (see :func:`quantize_unet`). On an already prepared UNet this
@@ -83,7 +94,11 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
         unet: a diffusers ``UNet2DConditionModel`` (or any model with Linear/Conv2d layers).
         bit_map: per-layer bits (a :class:`BitMap` or a JSON/YAML file); must name every layer.
         bos: BOS-aware quantization of cross-attention key/value inputs.
-        weight_scale: ``"mse"`` (clipping search) or ``"minmax"``.
+        weight_scale: ``"minmax"`` (the original's) or ``"mse"`` (clipping search; method
+            ``plus`` switch ``mse_clipping``).
+        conv1_split: also give the up-block resnets' ``conv1`` separate activation quantizers
+            for its ``concat(hidden, skip)`` input (switch ``conv1_split``). ``conv_shortcut``
+            is always split, activation and weight (the original's).
 
     Returns:
         ``unet`` itself.
@@ -98,7 +113,8 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
     bit_map.validate(layers)
     if getattr(unet, "mixdq_base_hash", None) is None:
         unet.mixdq_base_hash = unet_hash(unet)
-    splits = concat_splits(unet)
+    leaves = SPLIT_LEAVES + (("conv1",) if conv1_split else ())
+    splits = concat_splits(unet, leaves)
     for name, module in layers.items():
         bits = bit_map[name]
         layer_bos = bos and is_cross_attention_kv(name, unet)
@@ -114,7 +130,8 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             raise MixDQError(f"layer {name}: no quantized module for {type(module).__name__}")
         set_submodule(unet, name, cls.from_module(
             module, bits.w, bits.a, name=name, weight_scale=weight_scale,
-            split=splits.get(name), bos=layer_bos))
+            split=splits.get(name), bos=layer_bos,
+            split_weight=name.endswith(".conv_shortcut") and name in splits))
     return unet
 
 
@@ -142,8 +159,8 @@ def run_unet(unet: nn.Module, batch: Mapping) -> torch.Tensor:
 
 
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],
-                  *, bos: bool = True, weight_scale: str = "mse", momentum: float = 0.95,
-                  progress: bool = True) -> nn.Module:
+                  *, bos: bool = True, weight_scale: str = "minmax", momentum: float = 0.95,
+                  progress: bool = True, conv1_split: bool = False) -> nn.Module:
     """Prepare ``unet`` with ``bit_map`` and calibrate its activation ranges, in place.
 
     Args:
@@ -151,9 +168,10 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         bit_map: per-layer bits (see :func:`prepare`).
         calibration: iterable of dicts of UNet call arguments; read once.
         bos: BOS-aware quantization of cross-attention key/value inputs.
-        weight_scale: ``"mse"`` or ``"minmax"``.
+        weight_scale: ``"minmax"`` (default, the original's) or ``"mse"``.
         momentum: moving-average momentum of the activation ranges.
         progress: show a tqdm bar over the batches.
+        conv1_split: see :func:`prepare`.
 
     Returns:
         ``unet``, quantized (simulated) and calibrated.
@@ -166,7 +184,7 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
 
     from .calib.ranges import calibrate_activations
 
-    prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
+    prepare(unet, bit_map, bos=bos, weight_scale=weight_scale, conv1_split=conv1_split)
     count = 0
     with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
         for batch in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress):

@@ -208,3 +208,43 @@ def test_load_on_device(mixed, fp_unet, calib_batches, device):
         assert torch.equal(y, _outputs(unet, calib_batches[:1])[0])
     else:
         assert torch.allclose(y.cpu(), _outputs(unet, calib_batches[:1])[0], atol=1e-3)
+
+
+def test_conv_shortcut_has_one_weight_scale_per_input_slice(mixed, fp_unet):
+    from quant.quantizer import weight_scale_minmax
+
+    unet, out = mixed
+    layers = quantizable_layers(unet)
+    shortcuts = [n for n, m in layers.items() if m.split is not None]
+    assert shortcuts and all(n.endswith(".conv_shortcut") for n in shortcuts)
+    checked = 0
+    for name in shortcuts:
+        layer = layers[name]
+        assert layer.split_weight
+        if layer.active_w_bits is None:
+            continue
+        q, scale = layer.quantized_weight(layer.active_w_bits)
+        assert tuple(scale.shape) == (layer.weight.shape[0], 2)
+        hidden, skip = layer.weight[:, :layer.split], layer.weight[:, layer.split:]
+        assert torch.equal(scale[:, 0], weight_scale_minmax(hidden, layer.active_w_bits))
+        assert torch.equal(scale[:, 1], weight_scale_minmax(skip, layer.active_w_bits))
+        checked += 1
+    assert checked
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert all(config["layers"][n]["split_weight"] for n in shortcuts)
+    loaded = quantizable_layers(load_quantized(fp_unet, out))
+    assert all(loaded[n].split_weight for n in shortcuts)
+
+
+def test_report_megabytes_match_the_checkpoint(mixed):
+    from quant.report import checkpoint_weight_bytes, quantization_report
+
+    unet, out = mixed
+    bits = {m.active_w_bits for m in quantizable_layers(unet).values()}
+    assert 2 in bits  # 2-bit weights are stored packed four per byte and counted at 2 bits
+    reported = quantization_report(unet).bytes_after
+    stored = checkpoint_weight_bytes(out)
+    # the report counts float weights at fp16; the checkpoint takes them from the base model
+    quant_only = sum(2 * m.weight.numel() for m in quantizable_layers(unet).values()
+                     if m.active_w_bits is None)
+    assert abs(reported - quant_only - stored) <= 0.01 * stored

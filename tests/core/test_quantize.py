@@ -115,7 +115,9 @@ def test_sdxl_prepare_is_fast_and_complete():
     assert len(layers) == 794 and all(getattr(m, "is_quantized_module", False)
                                       for m in layers.values())
     assert sum(m.bos for m in layers.values()) == 140
-    assert sum(m.split is not None for m in layers.values()) == 18
+    split = [n for n, m in layers.items() if m.split is not None]
+    assert len(split) == 9 and all(n.endswith(".conv_shortcut") for n in split)
+    assert all(layers[n].split_weight for n in split)  # the original's: weight split too
     assert elapsed < 20, f"prepare took {elapsed:.1f} s on the meta SDXL UNet"
 
 
