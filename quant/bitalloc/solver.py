@@ -52,7 +52,7 @@ class InfeasibleBudget(ValueError):
 
 
 def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]],
-               capacity: int, name: str = "mixdq") -> Solution:
+               capacity: int, name: str = "mixdq", min_capacity: int = 0) -> Solution:
     """Minimise the summed loss, one option per layer, with the summed cost within ``capacity``.
 
     Args:
@@ -60,12 +60,14 @@ def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]]
         costs: ``costs[i][k]``, non-negative integer cost of the same option.
         capacity: the largest allowed summed cost (inclusive).
         name: a name for the pulp problem (shows in solver logs).
+        min_capacity: the smallest allowed summed cost (inclusive; the original's budget band).
 
     Returns:
         The proven optimum as a :class:`Solution`.
 
     Raises:
-        InfeasibleBudget: when even the cheapest options exceed ``capacity``.
+        InfeasibleBudget: when even the cheapest options exceed ``capacity``, or no choice
+            lands in ``[min_capacity, capacity]``.
         MixDQError: when CBC cannot run or does not report a proven optimum (it always should
             for a feasible program of this kind).
     """
@@ -75,13 +77,17 @@ def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]]
     min_cost = sum(min(c) for c in costs)
     if min_cost > capacity:
         raise InfeasibleBudget(min_cost, capacity)
+    if sum(max(c) for c in costs) < min_capacity:
+        raise InfeasibleBudget(min_cost, capacity)
     start = time.perf_counter()
-    if all(len(c) == 1 for c in costs):
+    if all(len(c) == 1 for c in costs) and min_cost >= min_capacity:
         picks = [0] * len(costs)
         return _solution(picks, losses, costs, "Trivial", time.perf_counter() - start)
     lowered = 0
     for _ in range(3):
-        picks = _cbc(losses, costs, capacity - lowered, name)
+        picks = _cbc(losses, costs, capacity - lowered, name, min_capacity)
+        if picks is None:
+            raise InfeasibleBudget(min_cost, capacity)
         cost = sum(c[k] for c, k in zip(costs, picks))
         if cost <= capacity:
             status = "Optimal" if not lowered else f"Optimal (capacity lowered by {lowered})"
@@ -96,7 +102,7 @@ def _solution(picks, losses, costs, status, seconds) -> Solution:
     return Solution(picks, loss, cost, status, seconds)
 
 
-def _cbc(losses, costs, capacity: int, name: str) -> list[int]:
+def _cbc(losses, costs, capacity: int, name: str, min_capacity: int = 0) -> list[int] | None:
     import pulp
 
     # Shift each layer's losses so that its best option costs 0: the same optimum, and CBC sees
@@ -122,11 +128,16 @@ def _cbc(losses, costs, capacity: int, name: str) -> list[int]:
         prob += pulp.lpSum(xs) == 1, f"one_{i}"
     prob += (pulp.lpSum((c // g) * var for row, xs in zip(costs, x) for c, var in zip(row, xs)
                         if c) <= capacity // g, "budget")
+    if min_capacity > 0:
+        prob += (pulp.lpSum((c // g) * var for row, xs in zip(costs, x)
+                            for c, var in zip(row, xs) if c) >= -(-min_capacity // g), "band")
     try:
         prob.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0))
     except pulp.PulpSolverError as e:
         raise MixDQError(f"the CBC solver bundled with pulp could not run "
                          f"({str(e).splitlines()[0]}); reinstall pulp") from None
+    if min_capacity > 0 and prob.status == pulp.LpStatusInfeasible:
+        return None
     if prob.status != pulp.LpStatusOptimal or prob.sol_status != pulp.LpSolutionOptimal:
         raise MixDQError(f"{name}: CBC ended with status {pulp.LpStatus[prob.status]} "
                          f"({pulp.LpSolution[prob.sol_status]}), not a proven optimum")

@@ -34,7 +34,8 @@ def test_allocate_writes_the_bit_map(sens, tmp_path, capsys):
     assert bit_map.layers == expected.layers
     assert bit_map[table.layers[1]].a is None
     sizes = {n: table.get(n, "weight").size for n in table.layers}
-    assert sum(sizes[n] * bit_map[n].w for n in table.layers) <= 4 * sum(sizes.values())
+    # split mode with the original's +-0.02 band (shares as upper bounds when it cannot be met)
+    assert sum(sizes[n] * bit_map[n].w for n in table.layers) <= 4.02 * sum(sizes.values())
     assert f"-> {sum(sizes[n] * bit_map[n].w for n in table.layers) / sum(sizes.values()):.6f}" \
         in lines[0]
 
