@@ -110,9 +110,9 @@ def run(model: str, prompts: int) -> list[tuple]:
         alloc = allocate(table, Budget.bits("4"), None, config, score=score)
         bit_map = BitMap({n: LayerBits(b.w, 8) for n, b in alloc.bit_map.layers.items()})
         results[mode] = dict(bench.evaluate(bit_map), bits=alloc.weight.avg_bits)
-    rows.append((model, "joint_objective",
-                 f"W4 average A8 (split {results['split']['bits']:.3f} / joint "
-                 f"{results['joint']['bits']:.3f} bits)", results["split"], results["joint"],
+    setting = (f"W4 average A8 (split {results['split']['bits']:.3f} / joint "
+               f"{results['joint']['bits']:.3f} bits)")
+    rows.append((model, "joint_objective", setting, results["split"], results["joint"],
                  helps(results["split"], results["joint"])))
     if torch.cuda.is_available():
         rows.append((model, "fp16_sensitivity", "needs a GPU run of mixdq sensitivity", None,
@@ -136,8 +136,8 @@ def markdown(rows) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", help="tiny, proxy or a diffusers folder "
-                   "(repeatable; default tiny)")
+    p.add_argument("--model", action="append",
+                   help="tiny, proxy or a diffusers folder (repeatable; default tiny)")
     p.add_argument("--prompts", type=int, default=8, help="calibration prompts (4..8)")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args()

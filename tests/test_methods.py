@@ -7,8 +7,14 @@ import pytest
 from quant.bitalloc import AllocConfig
 from quant.calib.prompts import read_prompts
 from quant.errors import MixDQError
-from quant.methods import (PAPER, PLUS_SWITCHES, SWITCHES, apply_switches, describe,
-                           method_settings)
+from quant.methods import (
+    PAPER,
+    PLUS_SWITCHES,
+    SWITCHES,
+    apply_switches,
+    describe,
+    method_settings,
+)
 from quant.quantize import prepare, quantize_unet
 from quant.sensitivity.config import SensitivityConfig
 

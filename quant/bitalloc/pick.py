@@ -20,7 +20,7 @@ ranges are calibrated on the calibration batches (as ``quant.quantize.quantize_u
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -77,7 +77,7 @@ class ImageScore:
         self.history: list[Measured] = []
         self.reference = self._images() if _reference is None else _reference
 
-    def with_weights(self, weight_bits: Mapping[str, int | None]) -> "ImageScore":
+    def with_weights(self, weight_bits: Mapping[str, int | None]) -> ImageScore:
         """The score for the activation program, with ``weight_bits`` in place."""
         other = ImageScore(self.pipe, self.prompts, self.calibration, seed=self.seed,
                            generate_kwargs=self.generate_kwargs, momentum=self.momentum,

@@ -68,7 +68,7 @@ def _load(path: Path) -> dict:
 
 
 def _layer(key: str) -> str:
-    return key[len("model."):] if key.startswith("model.") else key
+    return key.removeprefix("model.")
 
 
 def _values(path: Path, layer: str, value, bits: tuple[int, ...]) -> dict[int, float]:
@@ -86,7 +86,7 @@ def _values(path: Path, layer: str, value, bits: tuple[int, ...]) -> dict[int, f
 
 def read_mixdq_tables(folder: str | os.PathLike, *, bits: tuple[int, ...] = ORIGINAL_BITS,
                       weight_total: int | None = None, act_total: int | None = None,
-                      groups: GroupRule = GroupRule(),
+                      groups: GroupRule | None = None,
                       act_bits: tuple[int, ...] | None = None) -> tuple[list[Row], list[str]]:
     """Rows of our sensitivity table from a folder of the original's YAML tables.
 
@@ -94,7 +94,7 @@ def read_mixdq_tables(folder: str | os.PathLike, *, bits: tuple[int, ...] = ORIG
         folder: the folder holding the YAML files (see the module doc).
         bits: the widths the lists are measured at, in list order.
         weight_total, act_total: the targets' totals the size ratios are shares of.
-        groups: the content/quality rule.
+        groups: the content/quality rule (default :class:`GroupRule`, the method's).
         act_bits: activation widths to keep (default: those of ``bits`` that activations
             support, i.e. 4..8; the original's A2 was measured but never used).
 
@@ -106,6 +106,7 @@ def read_mixdq_tables(folder: str | os.PathLike, *, bits: tuple[int, ...] = ORIG
             of the wrong length, a layer without SQNR or size, or sizes that round to zero.
     """
     folder = Path(folder)
+    groups = groups or GroupRule()
     if not folder.is_dir():
         raise MixDQError(f"{folder}: no such folder of MixDQ sensitivity tables")
     files: dict[tuple[str, str], Path] = {}
@@ -166,5 +167,5 @@ def read_mixdq_tables(folder: str | os.PathLike, *, bits: tuple[int, ...] = ORIG
     for target in targets[1:]:
         missing = set(order) - {r.layer for r in rows if r.target == target}
         if missing:
-            raise MixDQError(f"{files[target, 'sqnr']}: layer {sorted(missing)[0]} missing")
+            raise MixDQError(f"{files[target, 'sqnr']}: layer {min(missing)} missing")
     return rows, order

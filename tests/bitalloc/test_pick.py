@@ -13,10 +13,10 @@ PROMPTS = ["a red bus on a street", "a cat on a sofa", "a bowl of fruit", "a boa
 
 
 def _batches(pipe):
-    from quant.calib import CalibrationData, record_calibration
-
     import tempfile
     from pathlib import Path
+
+    from quant.calib import CalibrationData, record_calibration
 
     with tempfile.TemporaryDirectory() as tmp:
         record_calibration(pipe, PROMPTS, Path(tmp) / "c", batch_size=4, progress=False)
