@@ -139,3 +139,27 @@ def test_quantized_base(tiny_dir, calib_dir, calib, tmp_path, capsys):
     assert conv_out[("weight", 2)] < conv_out[("weight", 4)] < base_sqnr
     assert conv_out[("act", 4)] < conv_out[("act", 8)] < base_sqnr  # its range was calibrated
     assert math.isfinite(conv_out[("act", 4)])
+
+
+def test_library_default_is_the_paper_method(tiny_dir, calib_dir, tmp_path):
+    """SensitivityConfig() = paper: min-max weights, fp32, SSIM at the decoded 64 px with a
+    window of 63, protect list per group at A8."""
+    import torch
+
+    from quant.sensitivity.config import SensitivityConfig
+    from quant.sensitivity.metrics import SsimMeter
+    from quant.sensitivity.run import run_sensitivity
+
+    config = SensitivityConfig(layers="conv_out|up_blocks.1.attentions.2.transformer_blocks.0"
+                                      ".attn2.to_v", weight_bits=(4, 8), act_bits=(8,))
+    assert (config.weight_scale, config.dtype, config.ssim_size, config.protect_rule) == (
+        "minmax", "float32", None, "group")
+    out = tmp_path / "sens.csv"
+    run_sensitivity(str(tiny_dir), calib_dir, out, config, device="cpu", progress=False)
+    rows = read_csv(out)
+    assert {r.layer for r in rows} == {"conv_out", LAYERS[0]}
+    content = [r for r in rows if r.layer == LAYERS[0]]
+    assert all(r.ssim is not None and -1 <= r.ssim <= 1 for r in content)
+    assert read_protect(out.with_name("sens.protect.txt")) == ["conv_out", LAYERS[0]]
+    meter = SsimMeter(torch.rand(1, 3, 64, 64), config.ssim_config)
+    assert meter.factor == 1 and meter.window == 63
