@@ -84,7 +84,8 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
-            weight_scale: str = "minmax", conv1_split: bool = False) -> nn.Module:
+            weight_scale: str = "minmax", conv1_split: bool = False,
+            shortcut_weight_split: bool = True) -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``unet`` for its quantized version, in place.
 
     Layers are not calibrated yet (see :func:`quantize_unet`). On an already prepared UNet this
@@ -98,7 +99,8 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             ``plus`` switch ``mse_clipping``).
         conv1_split: also give the up-block resnets' ``conv1`` separate activation quantizers
             for its ``concat(hidden, skip)`` input (switch ``conv1_split``). ``conv_shortcut``
-            is always split, activation and weight (the original's).
+            is always split: its activation, and with ``shortcut_weight_split`` (default, the
+            original's) its weight, one scale per input slice.
 
     Returns:
         ``unet`` itself.
@@ -131,7 +133,8 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
         set_submodule(unet, name, cls.from_module(
             module, bits.w, bits.a, name=name, weight_scale=weight_scale,
             split=splits.get(name), bos=layer_bos,
-            split_weight=name.endswith(".conv_shortcut") and name in splits))
+            split_weight=shortcut_weight_split and name.endswith(".conv_shortcut")
+            and name in splits))
     return unet
 
 
@@ -160,7 +163,8 @@ def run_unet(unet: nn.Module, batch: Mapping) -> torch.Tensor:
 
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],
                   *, bos: bool = True, weight_scale: str = "minmax", momentum: float = 0.95,
-                  progress: bool = True, conv1_split: bool = False) -> nn.Module:
+                  progress: bool = True, conv1_split: bool = False,
+                  shortcut_weight_split: bool = True) -> nn.Module:
     """Prepare ``unet`` with ``bit_map`` and calibrate its activation ranges, in place.
 
     Args:
@@ -171,7 +175,7 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         weight_scale: ``"minmax"`` (default, the original's) or ``"mse"``.
         momentum: moving-average momentum of the activation ranges.
         progress: show a tqdm bar over the batches.
-        conv1_split: see :func:`prepare`.
+        conv1_split, shortcut_weight_split: see :func:`prepare`.
 
     Returns:
         ``unet``, quantized (simulated) and calibrated.
@@ -184,7 +188,8 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
 
     from .calib.ranges import calibrate_activations
 
-    prepare(unet, bit_map, bos=bos, weight_scale=weight_scale, conv1_split=conv1_split)
+    prepare(unet, bit_map, bos=bos, weight_scale=weight_scale, conv1_split=conv1_split,
+            shortcut_weight_split=shortcut_weight_split)
     count = 0
     with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
         for batch in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress):

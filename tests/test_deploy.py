@@ -43,8 +43,11 @@ def fp_unet(tiny_dir):
 
 def _quantize(fp_unet, bit_map):
     calib = [_batch(fp_unet.config, s) for s in (0, 1)]
+    # The integer kernels take one weight scale per output channel; the paper method's per-slice
+    # conv_shortcut weight scales ([out, 2]) are not deployable yet (follow-up for quant/kernels),
+    # so these tests pin the single-scale layout.
     return quantize_unet(copy.deepcopy(fp_unet), bit_map, calib, weight_scale="minmax",
-                         progress=False)
+                         progress=False, shortcut_weight_split=False)
 
 
 @pytest.fixture(scope="module")
