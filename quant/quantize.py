@@ -120,9 +120,16 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
     for name, module in layers.items():
         bits = bit_map[name]
         layer_bos = bos and is_cross_attention_kv(name, unet)
+        split = splits.get(name)
+        split_weight = (shortcut_weight_split and name.endswith(".conv_shortcut")
+                        and split is not None)
         if getattr(module, "is_quantized_module", False):
             if module.weight_scale != weight_scale:
                 module.weight_scale = weight_scale
+                module.clear_cache()
+            if (module.split, module.split_weight) != (split, split_weight):
+                module.split, module.split_weight = split, split_weight
+                module.act_range, module._aparams = None, {}
                 module.clear_cache()
             module.set_bits(w=bits.w, a=bits.a)
             module.bos = layer_bos
@@ -132,9 +139,7 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             raise MixDQError(f"layer {name}: no quantized module for {type(module).__name__}")
         set_submodule(unet, name, cls.from_module(
             module, bits.w, bits.a, name=name, weight_scale=weight_scale,
-            split=splits.get(name), bos=layer_bos,
-            split_weight=shortcut_weight_split and name.endswith(".conv_shortcut")
-            and name in splits))
+            split=split, bos=layer_bos, split_weight=split_weight))
     return unet
 
 

@@ -88,19 +88,33 @@ def helps(base: dict, new: dict) -> bool:
     return (d_sqnr > 0.1 and d_ssim >= -1e-4) or (d_ssim > 1e-4 and d_sqnr >= -0.1)
 
 
-def run(model: str, prompts: int) -> list[tuple]:
+SWITCH_NAMES = ("mse_clipping", "conv1_split", "joint_objective", "fp16_sensitivity")
+
+
+def run(model: str, prompts: int, only=SWITCH_NAMES) -> list[tuple]:
     """Rows ``(model, switch, setting, paper metrics, switch metrics, helps)``."""
     bench = Bench(model, prompts)
     rows = []
-    for w in (4, 3):
+    for w in (4, 3) if "mse_clipping" in only else ():
         bit_map = BitMap.uniform(bench.names, w, 8)
         base = bench.evaluate(bit_map, weight_scale="minmax")
         new = bench.evaluate(bit_map, weight_scale="mse")
         rows.append((model, "mse_clipping", f"uniform W{w}A8", base, new, helps(base, new)))
-    bit_map = BitMap.uniform(bench.names, 8, 4)
-    base = bench.evaluate(bit_map, conv1_split=False)
-    new = bench.evaluate(bit_map, conv1_split=True)
-    rows.append((model, "conv1_split", "uniform W8A4", base, new, helps(base, new)))
+    if "conv1_split" in only:
+        bit_map = BitMap.uniform(bench.names, 8, 4)
+        base = bench.evaluate(bit_map, conv1_split=False)
+        new = bench.evaluate(bit_map, conv1_split=True)
+        rows.append((model, "conv1_split", "uniform W8A4", base, new, helps(base, new)))
+    if "joint_objective" in only:
+        rows.append(_joint(bench, model))
+    if "fp16_sensitivity" in only:
+        what = ("needs a GPU run of mixdq sensitivity" if torch.cuda.is_available()
+                else "not measured (CPU only; speed switch)")
+        rows.append((model, "fp16_sensitivity", what, None, None, False))
+    return rows
+
+
+def _joint(bench: Bench, model: str) -> tuple:
     table = bench.bb.measure_table(bench.pipe, bench.calib, ssim_prompts=bench.prompts[:4])
     results = {}
     for mode in ("split", "joint"):
@@ -112,15 +126,8 @@ def run(model: str, prompts: int) -> list[tuple]:
         results[mode] = dict(bench.evaluate(bit_map), bits=alloc.weight.avg_bits)
     setting = (f"W4 average A8 (split {results['split']['bits']:.3f} / joint "
                f"{results['joint']['bits']:.3f} bits)")
-    rows.append((model, "joint_objective", setting, results["split"], results["joint"],
-                 helps(results["split"], results["joint"])))
-    if torch.cuda.is_available():
-        rows.append((model, "fp16_sensitivity", "needs a GPU run of mixdq sensitivity", None,
-                     None, False))
-    else:
-        rows.append((model, "fp16_sensitivity", "not measured (CPU only; speed switch)", None,
-                     None, False))
-    return rows
+    return (model, "joint_objective", setting, results["split"], results["joint"],
+            helps(results["split"], results["joint"]))
 
 
 def markdown(rows) -> str:
@@ -140,12 +147,14 @@ def main():
                    help="tiny, proxy or a diffusers folder (repeatable; default tiny)")
     p.add_argument("--prompts", type=int, default=8, help="calibration prompts (4..8)")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
+    p.add_argument("--only", nargs="+", choices=SWITCH_NAMES, default=SWITCH_NAMES,
+                   help="switches to measure (default all)")
     args = p.parse_args()
     torch.manual_seed(0)
     rows = []
     for model in args.model or ["tiny"]:
         start = time.perf_counter()
-        rows += run(model, max(4, min(args.prompts, len(CALIB_PROMPTS))))
+        rows += run(model, max(4, min(args.prompts, len(CALIB_PROMPTS))), args.only)
         print(f"{model}: {time.perf_counter() - start:.0f} s", flush=True)
     text = markdown(rows)
     print(text)
