@@ -1,6 +1,7 @@
 """mixdq: build and install.
 
     pip install -e ".[test]"                      # pure Python; the CUDA kernels are optional
+    pip install -e ".[triton]"                    # the Triton backend (CUDA torch ships triton)
     MIXDQ_BUILD_CUDA=1 pip install -e . --no-build-isolation   # also build the CUDA extension
     MIXDQ_BUILD_CUDA=1 python setup.py build_ext --inplace      # only the extension, in place
 
@@ -10,12 +11,19 @@ default "8.0;8.9;9.0" (A100, RTX 4090/L40, H100).
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+
+
+def version() -> str:
+    """The one version number: ``quant/__init__.py``'s ``__version__`` (read, not imported)."""
+    text = (ROOT / "quant" / "__init__.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
 
 
 def cuda_extensions():
@@ -54,7 +62,7 @@ ext_modules, cmdclass = cuda_extensions()
 
 setup(
     name="mixdq",
-    version="0.1.0",
+    version=version(),
     description="Metric-decoupled mixed-precision post-training quantization for few-step "
                 "text-to-image diffusion models (MixDQ), with INT8 CUDA kernels",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
@@ -81,7 +89,10 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "scipy>=1.9", "peft>=0.10", "datasets>=2.14"],
+        # triton: its CPU interpreter runs the Triton kernels' tests (TRITON_INTERPRET=1)
+        "test": ["pytest>=7", "hypothesis>=6", "scipy>=1.9", "peft>=0.10", "datasets>=2.14",
+                 "ruff>=0.4", "triton>=3.6; platform_system == 'Linux'"],
+        "triton": ["triton>=3.6; platform_system == 'Linux'"],
         "data": ["datasets>=2.14"],
         "lora": ["peft>=0.10"],
     },

@@ -26,7 +26,8 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
     Args:
         model: Hub id, local diffusers folder, ``"tiny"`` or ``"proxy"``: the float base model
             the checkpoint was made from.
-        quantized: a folder written by ``mixdq quantize`` (or :func:`quant.checkpoint.save_quantized`);
+        quantized: a folder written by ``mixdq quantize`` (or
+            :func:`quant.checkpoint.save_quantized`);
             ``None`` loads the full-precision pipeline.
         device: ``"cuda"``, ``"cpu"``...; default CUDA when present.
         dtype: compute dtype request (see :mod:`quant.precision`).

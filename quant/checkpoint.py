@@ -4,7 +4,8 @@ A checkpoint folder holds
 
 - ``unet_quant.safetensors``: per quantized layer ``NAME.qweight`` (int8, or uint8 with two
   4-bit / four 2-bit values per byte, see :mod:`quant.packing`), ``NAME.wscale`` (float32
-  ``[out]``, or ``[out, 2]`` for a split weight: one scale per input slice), ``NAME.act_scale`` / ``NAME.act_zero_point`` (one per input slice),
+  ``[out]``, or ``[out, 2]`` for a split weight: one scale per input slice),
+  ``NAME.act_scale`` / ``NAME.act_zero_point`` (one per input slice),
   ``NAME.act_range`` (calibrated ``[slices, 2]``) and ``NAME.bos_row`` (cross-attention k/v);
 - ``quant_config.json``: format, versions, base model, a fingerprint of the base UNet's
   weights, and per layer its kind, weight shape, bits, split and BOS flag;
@@ -27,8 +28,9 @@ from .bitmap import BitMap, LayerBits, check_bits
 from .errors import MixDQError
 from .packing import pack, unpack
 from .qmodules import qmodule_class
-from .quantize import set_submodule
+from .report import quantization_report
 from .structure import quantizable_layers
+from .unet import set_submodule
 from .utils.io import atomic_path, write_json, write_text
 
 FORMAT = "mixdq-quantized-unet"
@@ -86,7 +88,6 @@ def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
     from safetensors.torch import save_file
 
     from . import __version__
-    from .report import quantization_report
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())

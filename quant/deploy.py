@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import MixDQError
+from .kernels.backends import default_backend, engine_name
 from .kernels.loader import load_extension
 from .kernels.modules import BACKENDS, IntConv2d, IntLinear, SliceQuant, cuda_kernels_registered
 from .quantize import set_submodule
@@ -34,18 +35,25 @@ class DeployConfig:
     Attributes:
         backend: ``"kernels"`` (the mixdq int8 GEMM) or ``"int_mm"`` (``torch._int_mm`` and the
             fused dequantize, for int8-weight linear and pointwise layers; int4 weights and
-            spatial convolutions always use the mixdq kernels).
+            spatial convolutions always use the mixdq kernels), ``"triton"`` /
+            ``"triton_fused"`` (the Triton kernels; fused: quantize in the GEMM prologue), or
+            ``"auto"`` (:func:`quant.kernels.backends.default_backend` for the device; then
+            :func:`quant.kernels.backends.tune_backends` measures a choice per layer).
         channels_last: convert the UNet to channels-last memory format, so that the NHWC
             convolutions neither copy their input nor leave strided outputs to float layers.
+        merge: merge projections that share an input (:mod:`quant.kernels.merge`): q/k/v of
+            self-attention into one GEMM, cross-attention K/V over the text embedding into wide
+            GEMMs computed once per prompt. Bit-exact; off by default until measured.
     """
 
     backend: str = "kernels"
     channels_last: bool = True
+    merge: bool = False
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
+        if self.backend not in BACKENDS + ("auto",):
             raise MixDQError(f"unknown deploy backend {self.backend!r}; use one of "
-                             f"{', '.join(BACKENDS)}")
+                             f"{', '.join(BACKENDS + ('auto',))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +90,23 @@ class DeployReport:
         """Write the report as JSON (atomically)."""
         write_json(path, self.to_dict())
 
+    def refresh(self, unet: nn.Module) -> DeployReport:
+        """The engines of the integer layers as they are now in ``unet`` (after
+        :func:`quant.kernels.backends.tune_backends` or ``set_backend``)."""
+        rows = []
+        for row in self.layers:
+            try:
+                module = unet.get_submodule(row.name)
+            except AttributeError:
+                module = None
+            if row.path in ("int8", "int4") and hasattr(module, "backend"):
+                device = next(module.buffers()).device
+                pointwise = isinstance(module, IntLinear) or module.pointwise
+                row = dataclasses.replace(row, engine=_engine(device, row.path == "int4",
+                                                              pointwise, module.backend))
+            rows.append(row)
+        return DeployReport(rows)
+
     def format(self, per_layer: bool = True) -> str:
         """A text table: one line per layer (optional), then the totals per path."""
         lines = []
@@ -100,6 +125,9 @@ class DeployReport:
 
 
 def _engine(device: torch.device, int4: bool, pointwise: bool, backend: str) -> str:
+    triton = engine_name(backend, device, int4, pointwise)
+    if triton is not None:
+        return triton
     if device.type != "cuda":
         return f"torch reference ({device.type})"
     if not cuda_kernels_registered():
@@ -190,14 +218,21 @@ def convert(unet: nn.Module, config: DeployConfig | None = None) -> tuple[nn.Mod
                                         "fake quantization" if path == "simulated" else "float",
                                         reason, _module_bytes(layer)))
             continue
-        new = build_integer_layer(form, config.backend).to(device)
+        backend = default_backend(device) if config.backend == "auto" else config.backend
+        new = build_integer_layer(form, backend).to(device)
         set_submodule(unet, name, new)
         int4 = form.w_bits <= 4
         pointwise = form.kind == "linear" or getattr(new, "pointwise", False)
         rows.append(LayerDeployment(name, form.kind, form.w_bits, form.a_bits,
                                     "int4" if int4 else "int8",
-                                    _engine(device, int4, pointwise, config.backend),
+                                    _engine(device, int4, pointwise, backend),
                                     "", _module_bytes(new)))
+    if config.merge:
+        from .kernels.merge import merge_projections
+
+        merged = merge_projections(unet)
+        rows = [dataclasses.replace(r, engine=r.engine + f", merged: {merged.group_of[r.name]}")
+                if r.name in merged.group_of else r for r in rows]
     if config.channels_last:
         unet.to(memory_format=torch.channels_last)
     return unet, DeployReport(rows)

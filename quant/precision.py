@@ -40,7 +40,8 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise MixDQError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16") from None
 
 
-def resolve_dtype(device: str | torch.device, requested: str | torch.dtype | None = None) -> torch.dtype:
+def resolve_dtype(device: str | torch.device,
+                  requested: str | torch.dtype | None = None) -> torch.dtype:
     """The compute dtype for the UNet and text encoders on ``device``.
 
     Args:

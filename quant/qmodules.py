@@ -64,9 +64,10 @@ class IntegerForm:
     ``qweight`` is int8 ``[out, K]`` (unpacked values in ``[-2^(b-1), 2^(b-1) - 1]``,
     ``K = in * kh * kw`` in torch's order) with float32 per-channel ``wscale``; when the weight
     stays float, ``weight`` holds it instead; ``wscale`` is ``[out, 2]`` when ``split_weight``
-    (one scale per input slice, see the module doc). ``act_scale``/``act_zero_point`` have one entry per
-    input slice (two when ``split`` is set: channels ``[:split]`` and ``[split:]``). ``bos_row``
-    is the precomputed float32 output for the first token of a cross-attention key/value.
+    (one scale per input slice, see the module doc). ``act_scale``/``act_zero_point`` have one
+    entry per input slice (two when ``split`` is set: channels ``[:split]`` and ``[split:]``).
+    ``bos_row`` is the precomputed float32 output for the first token of a cross-attention
+    key/value.
     """
 
     kind: str

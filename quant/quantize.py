@@ -17,56 +17,14 @@ import torch
 from torch import nn
 
 from .bitmap import BitMap
+from .checkpoint import unet_hash
 from .errors import MixDQError
 from .qmodules import qmodule_class
-from .structure import is_cross_attention_kv, quantizable_layers
+from .structure import SPLIT_LEAVES, concat_splits, is_cross_attention_kv, quantizable_layers
+from .unet import UNET_INPUTS, run_unet, set_submodule
 
-UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs",
-               "timestep_cond")
-_REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
-
-
-#: Which layers reading ``concat(hidden, skip)`` get split quantizers: the original splits only
-#: ``conv_shortcut`` (activation and weight; method ``paper``); switch ``conv1_split`` adds the
-#: resnet's ``conv1`` (activation only).
-SPLIT_LEAVES = ("conv_shortcut",)
-
-
-def concat_splits(unet: nn.Module,
-                  leaves: tuple[str, ...] = ("conv1", "conv_shortcut")) -> dict[str, int]:
-    """Layers whose input is ``concat(hidden, skip)`` along channels, with ``hidden``'s width.
-
-    Read from the model as diffusers builds it: each up-block resnet gets the running hidden
-    state concatenated with a skip connection. The hidden state entering an up block has the
-    width of the block before it (the mid block for the first); inside a block it has the
-    previous resnet's output width. The resnet's ``conv1`` (after norm and SiLU, channel order
-    kept) and ``conv_shortcut`` see that concatenation.
-
-    Args:
-        unet: the UNet.
-        leaves: which of the resnet's layers to list (both by default).
-
-    Returns:
-        Layer name -> channel count of the first slice, for every such ``nn.Conv2d``.
-    """
-    up_blocks = getattr(unet, "up_blocks", None)
-    if not up_blocks:
-        return {}
-    before = getattr(unet, "mid_block", None) or unet.down_blocks[-1]
-    hidden = before.resnets[-1].out_channels
-    splits = {}
-    for i, block in enumerate(up_blocks):
-        for j, resnet in enumerate(block.resnets):
-            if resnet.in_channels > hidden:
-                for leaf in leaves:
-                    conv = getattr(resnet, leaf, None)
-                    if isinstance(conv, nn.Conv2d) and conv.in_channels == resnet.in_channels:
-                        splits[f"up_blocks.{i}.resnets.{j}.{leaf}"] = hidden
-            hidden = resnet.out_channels
-        upsamplers = getattr(block, "upsamplers", None)
-        if upsamplers:
-            hidden = upsamplers[-1].out_channels
-    return splits
+__all__ = ["UNET_INPUTS", "concat_splits", "prepare", "quantize_unet", "output_sqnr", "run_unet",
+           "set_submodule"]
 
 
 def _as_bit_map(bit_map: BitMap | str | Path) -> BitMap:
@@ -75,12 +33,6 @@ def _as_bit_map(bit_map: BitMap | str | Path) -> BitMap:
     if isinstance(bit_map, (str, Path)):
         return BitMap.load(bit_map)
     raise MixDQError(f"expected a BitMap or a bit map file, got {type(bit_map).__name__}")
-
-
-def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule called ``name`` (a dotted path) of ``root`` by ``module``."""
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
@@ -108,8 +60,6 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
     Raises:
         MixDQError: unknown or missing layer names, unsupported bit widths.
     """
-    from .checkpoint import unet_hash
-
     bit_map = _as_bit_map(bit_map)
     layers = quantizable_layers(unet)
     bit_map.validate(layers)
@@ -141,29 +91,6 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             module, bits.w, bits.a, name=name, weight_scale=weight_scale,
             split=split, bos=layer_bos, split_weight=split_weight))
     return unet
-
-
-def _to(obj, device, dtype):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, dtype if obj.is_floating_point() else None)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device, dtype) for k, v in obj.items()}
-    return obj
-
-
-def run_unet(unet: nn.Module, batch: Mapping) -> torch.Tensor:
-    """Call ``unet`` on one calibration batch (moved to its device and dtype); return its output.
-
-    Raises:
-        MixDQError: a batch without ``sample``, ``timestep`` or ``encoder_hidden_states``.
-    """
-    missing = [k for k in _REQUIRED_INPUTS if k not in batch]
-    if missing:
-        raise MixDQError(f"calibration batch lacks {', '.join(missing)} "
-                         f"(has {', '.join(sorted(batch))})")
-    param = next(unet.parameters())
-    kwargs = {k: _to(batch[k], param.device, param.dtype) for k in UNET_INPUTS if k in batch}
-    return unet(**kwargs, return_dict=False)[0]
 
 
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],

@@ -12,6 +12,7 @@ import torch
 
 from .bitmap import check_bits
 from .errors import MixDQError
+from .unet import sqnr_db  # noqa: F401  (re-exported: quant.quantizer.sqnr_db)
 
 WEIGHT_SCALES = ("mse", "minmax")
 
@@ -98,7 +99,8 @@ def weight_scale(weight: torch.Tensor, bits: int, method: str = "minmax") -> tor
         return weight_scale_mse(weight, bits)
     if method == "minmax":
         return weight_scale_minmax(weight, bits)
-    raise MixDQError(f"unknown weight scale method {method!r}; use one of {', '.join(WEIGHT_SCALES)}")
+    raise MixDQError(f"unknown weight scale method {method!r}; "
+                     f"use one of {', '.join(WEIGHT_SCALES)}")
 
 
 def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -108,7 +110,7 @@ def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> tor
 
 def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, shape: torch.Size | tuple,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``W_hat = q * scale_c`` (computed in float32), reshaped to ``shape`` and cast to ``dtype``."""
+    """``W_hat = q * scale_c`` (in float32), reshaped to ``shape`` and cast to ``dtype``."""
     return (q.float() * scale.float()[:, None]).reshape(shape).to(dtype)
 
 
@@ -155,10 +157,3 @@ def fake_quantize_act(x: torch.Tensor, scale: torch.Tensor, zero_point: int,
     return ((q - zero_point) * scale).to(x.dtype)
 
 
-def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """``10 log10(sum ref^2 / sum (approx - ref)^2)`` in dB (inf when equal)."""
-    ref = reference.double()
-    noise = (approx.double() - ref).square().sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(ref.square().sum() / noise))

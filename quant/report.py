@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import struct
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Iterable
 
 from torch import nn
 
 from .bitmap import BitMap
 from .errors import MixDQError
 from .packing import values_per_byte
-from .structure import quantizable_layers
+from .structure import SPLIT_LEAVES, concat_splits, quantizable_layers
 
 FP16_BYTES = 2
 SCALE_BYTES = 4  # float32 per output channel
@@ -111,8 +110,6 @@ def quantization_report(unet: nn.Module) -> QuantReport:
 def planned_report(unet: nn.Module, bit_map: BitMap) -> QuantReport:
     """Report on what ``bit_map`` would do to a float UNet (works on the meta device), with
     ``conv_shortcut`` weights split as :func:`quant.quantize.prepare` does by default."""
-    from .quantize import SPLIT_LEAVES, concat_splits
-
     layers = quantizable_layers(unet)
     bit_map.validate(layers)
     split = set(concat_splits(unet, SPLIT_LEAVES))
@@ -128,129 +125,3 @@ def safetensors_sizes(path: str | Path) -> dict[str, int]:
         header = json.loads(f.read(length))
     return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
             if k != "__metadata__"}
-
-
-def checkpoint_weight_bytes(quant_dir: str | Path) -> int:
-    """Bytes of the packed weights and their scales in a checkpoint folder."""
-    from .checkpoint import WEIGHTS_FILE
-
-    sizes = safetensors_sizes(Path(quant_dir) / WEIGHTS_FILE)
-    return sum(v for k, v in sizes.items() if k.endswith((".qweight", ".wscale")))
-
-
-def random_unet(config: str | Path | Mapping, *, dtype=None, seed: int = 0, meta: bool = False):
-    """A diffusers UNet built from ``config`` (a dict or a ``config.json``) with random weights.
-
-    Built on the meta device and filled in place (normal, std 0.02) in ``dtype`` (default fp16),
-    so a full SDXL UNet needs only its fp16 bytes (~5 GB) of memory. ``meta=True`` returns the
-    meta-device model (shapes only).
-    """
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    if not isinstance(config, Mapping):
-        config = json.loads(Path(config).read_text(encoding="utf-8"))
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(dict(config))
-    if meta:
-        return unet
-    unet = unet.to(dtype=dtype or torch.float16).to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in list(unet.parameters()) + list(unet.buffers()):
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.02)
-    return unet.eval()
-
-
-def measure_checkpoint_sizes(unet: nn.Module, weight_bits: Iterable[int], work_dir: str | Path,
-                             base_model: str = "random") -> list[dict]:
-    """Quantize ``unet`` at each uniform weight width (float activations) and weigh the checkpoints.
-
-    Uses min-max scales (the byte count does not depend on the scale) and frees each width's
-    cached integers before the next.
-
-    Returns:
-        One dict per width: ``bits``, ``layers``, ``fp16_bytes`` (the layers' weights in fp16),
-        ``weight_bytes`` (packed weights + scales, read from the file), ``file_bytes``,
-        ``ratio``, and ``predicted_bytes`` (from :func:`weight_bytes`).
-    """
-    from .checkpoint import WEIGHTS_FILE, save_quantized
-    from .quantize import prepare
-
-    names = list(quantizable_layers(unet))
-    rows = []
-    for bits in weight_bits:
-        bit_map = BitMap.uniform(names, bits, None)
-        prepare(unet, bit_map, bos=False, weight_scale="minmax")
-        out = save_quantized(unet, Path(work_dir) / f"W{bits}", base_model=base_model)
-        for layer in quantizable_layers(unet).values():
-            layer.clear_cache()
-        report = quantization_report(unet)
-        stored = checkpoint_weight_bytes(out)
-        rows.append({"bits": bits, "layers": report.layers, "fp16_bytes": report.bytes_before,
-                     "weight_bytes": stored, "predicted_bytes": report.bytes_after,
-                     "file_bytes": (out / WEIGHTS_FILE).stat().st_size,
-                     "ratio": stored / report.bytes_before})
-    return rows
-
-
-def format_size_table(rows: list[dict]) -> str:
-    """The rows of :func:`measure_checkpoint_sizes` as a plain-text table."""
-    lines = [f"{'weights':<8} {'layers':>7} {'fp16 MB':>10} {'ckpt MB':>10} {'predicted MB':>13} "
-             f"{'file MB':>10} {'ratio':>7}"]
-    for r in rows:
-        lines.append(f"{'W' + str(r['bits']):<8} {r['layers']:>7} {r['fp16_bytes'] / 1e6:>10.2f} "
-                     f"{r['weight_bytes'] / 1e6:>10.2f} {r['predicted_bytes'] / 1e6:>13.2f} "
-                     f"{r['file_bytes'] / 1e6:>10.2f} {100 * r['ratio']:>6.1f}%")
-    return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """One row of an SQNR comparison: a uniform preset and BOS handling on or off."""
-
-    preset: str
-    bos: bool = True
-
-    @property
-    def label(self) -> str:
-        return f"{self.preset} {'BOS' if self.bos else 'no BOS'}"
-
-
-DEFAULT_SETTINGS = (Setting("W8A8", True), Setting("W8A8", False), Setting("W4A8", True),
-                    Setting("W4A8", False))
-
-
-def sqnr_table(fp_unet: nn.Module, batches: Callable[[], Iterable[Mapping]],
-               settings: Iterable[Setting] = DEFAULT_SETTINGS, *, weight_scale: str = "mse",
-               momentum: float = 0.95) -> list[tuple[Setting, float]]:
-    """UNet-output SQNR against full precision for each setting, on the calibration inputs.
-
-    Args:
-        fp_unet: the float UNet (left untouched; each setting quantizes a copy).
-        batches: returns a fresh iterable of calibration batches (with ``output``) per call.
-        settings: presets and BOS switches to compare.
-        weight_scale: ``"mse"`` or ``"minmax"``.
-        momentum: activation-range momentum.
-
-    Returns:
-        ``(setting, sqnr_db)`` pairs in order.
-    """
-    from .quantize import output_sqnr, quantize_unet
-
-    names = list(quantizable_layers(fp_unet))
-    rows = []
-    for setting in settings:
-        unet = copy.deepcopy(fp_unet)
-        quantize_unet(unet, BitMap.preset(names, setting.preset), batches(), bos=setting.bos,
-                      weight_scale=weight_scale, momentum=momentum, progress=False)
-        rows.append((setting, output_sqnr(unet, batches())))
-        del unet
-    return rows
-
-
-def format_sqnr_table(rows: list[tuple[Setting, float]]) -> str:
-    """``setting | SQNR dB`` as a plain-text table."""
-    lines = [f"{'setting':<16} {'SQNR dB':>8}"]
-    lines += [f"{s.label:<16} {v:>8.2f}" for s, v in rows]
-    return "\n".join(lines)

@@ -1,21 +1,24 @@
 """``mixdq run``: calibrate -> sensitivity -> allocate -> quantize -> benchmark from one config.
 
-A run config (YAML) fills :class:`RunConfig`. Each stage's options are the long flags of that
-stage's own subcommand (``num_prompts: 8`` is ``--num-prompts 8``), so the config can say nothing
-the CLI could not, and every stage keeps its own validation, resumption and progress bars.
+A run config (YAML) fills :class:`RunConfig`: the model (``model``, ``device``, ``dtype``,
+``lora``, ``lora_scale``: one :class:`~quant.models.ModelSpec` shared by every stage) and one
+section per stage whose keys are the fields of that stage's options (``quant.stages``; the long
+flags of its subcommand, ``-`` written ``_``). Every section is turned into typed options when the
+config is loaded, so a bad key, type or value anywhere fails before any stage runs.
 
 Layout of ``OUT``::
 
-    calib/                     mixdq calibrate
+    calib/                     calibrate
     calib-sensitivity/         (only if sensitivity.calib asks for a smaller calibration set)
-    sensitivity/sens.csv       mixdq sensitivity (+ protect list, heatmap)
-    variants/NAME/bitmap.json  mixdq allocate (variants with an `allocate` section)
-    variants/NAME/quant/       mixdq quantize
-    benchmark/                 mixdq benchmark over the full-precision model and every variant
+    sensitivity/sens.csv       sensitivity (+ protect list, heatmap)
+    variants/NAME/bitmap.json  allocate (variants with an `allocate` section)
+    variants/NAME/quant/       quantize
+    benchmark/                 benchmark over the full-precision model and every variant
 
-A stage whose outputs are complete and whose arguments are unchanged is skipped; a stage that was
-interrupted is re-run and resumes itself. Changed arguments for a finished stage are an error
-rather than a silent overwrite.
+Each stage's folder gets a ``stage.json`` recording its settings (model, options, inputs and
+outputs). A stage whose outputs are complete and whose settings are unchanged is skipped; a
+stage that was interrupted is re-run and resumes itself. Changed settings for a finished stage
+are an error rather than a silent overwrite.
 """
 
 from __future__ import annotations
@@ -28,55 +31,44 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MixDQError
+from .models.spec import ModelSpec
+from .stages import (AllocateOptions, BenchmarkOptions, CalibrateOptions, QuantizeOptions,
+                     SensitivityOptions, allocate, benchmark, calibrate, quantize, sensitivity)
 from .utils.io import write_json
 
 STAGE_RECORD = "stage.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MODEL_KEYS = ("model", "device", "dtype", "lora", "lora_scale")
+_SECTIONS = (*_MODEL_KEYS, "calibrate", "sensitivity", "variants", "benchmark")
+# option keys that name files: relative paths are taken from the config file's folder
+_PATH_KEYS = {"prompts", "real_images", "inception", "clip", "bit_map", "protect", "lora",
+              "config", "quantized_base", "model"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Variant:
-    """One quantized model: a uniform preset (``quantize: {w_bits, a_bits}``) or an allocation."""
+    """One quantized model: uniform bits (``quantize: {w_bits, a_bits}``) or an allocation.
+
+    ``protect``: with an allocation, keep the sensitivity stage's protect list in floating point
+    (``allocate: {protect: false}`` turns it off; a path names another list).
+    """
 
     name: str
-    quantize: dict = dataclasses.field(default_factory=dict)
-    allocate: dict | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise MixDQError(f"variant name {self.name!r}: use letters, digits, '-', '_', '.'")
-        has_uniform = "w_bits" in self.quantize or "a_bits" in self.quantize
-        if self.allocate is None and not has_uniform:
-            raise MixDQError(f"variant {self.name}: give `allocate:` budgets or "
-                             f"`quantize: {{w_bits, a_bits}}`")
-        if self.allocate is not None and (has_uniform or "bit_map" in self.quantize):
-            raise MixDQError(f"variant {self.name}: `allocate` and uniform bits exclude each other")
+    quantize: QuantizeOptions
+    allocate: AllocateOptions | None = None
+    protect: bool = True
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A whole run. Paths inside are relative to the config file's folder."""
+    """A whole run, every section validated. Build it with :meth:`load` or :meth:`from_dict`."""
 
-    model: str = "stabilityai/sdxl-turbo"
-    device: str | None = None
-    dtype: str | None = None
-    lora: str | None = None
-    calibrate: dict = dataclasses.field(default_factory=dict)
-    sensitivity: dict = dataclasses.field(default_factory=dict)
-    variants: list[Variant] = dataclasses.field(default_factory=list)
-    benchmark: dict | None = dataclasses.field(default_factory=dict)
-    base_dir: Path = Path(".")
-
-    def __post_init__(self):
-        self.variants = [v if isinstance(v, Variant) else Variant(**_mapping(v, "variant"))
-                         for v in self.variants]
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise MixDQError(f"variant names repeat: {names}")
-        if not self.variants:
-            raise MixDQError("the run config has no variants: nothing to quantize")
-        if "prompts" not in self.calibrate:
-            raise MixDQError("the run config needs calibrate.prompts")
+    model: ModelSpec
+    calibrate: CalibrateOptions
+    sensitivity: SensitivityOptions
+    variants: tuple[Variant, ...]
+    benchmark: BenchmarkOptions | None
+    sensitivity_calib: CalibrateOptions | None = None
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "RunConfig":
@@ -89,24 +81,89 @@ class RunConfig:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise MixDQError(f"run config {path}: malformed YAML ({str(e).splitlines()[0]})") from None
+            first = str(e).splitlines()[0]
+            raise MixDQError(f"run config {path}: malformed YAML ({first})") from None
         data = _mapping(data, f"run config {path}")
         for item in overrides:
             _override(data, item)
-        fields = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
-        unknown = set(data) - fields
+        return cls.from_dict(data, base_dir=path.resolve().parent)
+
+    @classmethod
+    def from_dict(cls, data: dict, base_dir: str | Path = ".") -> "RunConfig":
+        """Validate every section; relative paths are resolved against ``base_dir``."""
+        base_dir = Path(base_dir)
+        data = _mapping(data, "run config")
+        unknown = [k for k in data if k not in _SECTIONS]
         if unknown:
-            raise MixDQError(f"run config {path}: unknown keys {sorted(unknown)}; "
-                             f"known: {sorted(fields)}")
-        try:
-            return cls(**data, base_dir=path.resolve().parent)
-        except TypeError as e:
-            raise MixDQError(f"run config {path}: {e}") from None
+            raise MixDQError(f"run config: unknown key {unknown[0]!r}; known: "
+                             f"{', '.join(_SECTIONS)}")
+        spec = ModelSpec.from_dict(_paths({k: data[k] for k in _MODEL_KEYS if k in data},
+                                          base_dir))
+        if "calibrate" not in data or "prompts" not in (data["calibrate"] or {}):
+            raise MixDQError("the run config needs calibrate.prompts")
+        calib = _mapping(data["calibrate"], "calibrate")
+        calib_options = CalibrateOptions.from_dict(_paths(calib, base_dir))
+        sens = dict(_mapping(data.get("sensitivity") or {}, "sensitivity"))
+        sens_calib = None
+        if "calib" in sens:
+            extra = _mapping(sens.pop("calib"), "sensitivity.calib")
+            sens_calib = CalibrateOptions.from_dict(_paths({**calib, **extra}, base_dir),
+                                                    "sensitivity.calib")
+        sens_options = SensitivityOptions.from_dict(_paths(sens, base_dir))
+        raw_variants = data.get("variants") or []
+        if not isinstance(raw_variants, list):
+            raise MixDQError("variants: expected a list")
+        variants = tuple(_variant(v, i, base_dir) for i, v in enumerate(raw_variants))
+        if not variants:
+            raise MixDQError("the run config has no variants: nothing to quantize")
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise MixDQError(f"variant names repeat: {names}")
+        bench = data.get("benchmark", {})
+        bench_options = None if bench is None else BenchmarkOptions.from_dict(
+            _paths(_mapping(bench, "benchmark"), base_dir))
+        return cls(spec, calib_options, sens_options, variants, bench_options, sens_calib)
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out.pop("base_dir")
+        out = {**self.model.to_dict(), "calibrate": self.calibrate.to_dict(),
+               "sensitivity": self.sensitivity.to_dict()}
+        if self.sensitivity_calib is not None:
+            out["sensitivity_calib"] = self.sensitivity_calib.to_dict()
+        out["variants"] = [{"name": v.name, "quantize": v.quantize.to_dict(),
+                            "allocate": None if v.allocate is None else v.allocate.to_dict(),
+                            "protect": v.protect} for v in self.variants]
+        out["benchmark"] = None if self.benchmark is None else self.benchmark.to_dict()
         return out
+
+
+def _variant(data: Any, index: int, base_dir: Path) -> Variant:
+    data = _mapping(data, f"variants[{index}]")
+    name = data.get("name")
+    where = f"variant {name}" if isinstance(name, str) else f"variants[{index}]"
+    unknown = [k for k in data if k not in ("name", "quantize", "allocate")]
+    if unknown:
+        raise MixDQError(f"{where}.{unknown[0]}: unknown key; known: name, quantize, allocate")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise MixDQError(f"variant name {name!r}: use letters, digits, '-', '_', '.'")
+    quant = _paths(_mapping(data.get("quantize") or {}, f"{where}.quantize"), base_dir)
+    alloc = data.get("allocate")
+    uniform = "w_bits" in quant or "a_bits" in quant
+    if alloc is None and not uniform:
+        raise MixDQError(f"variant {name}: give `allocate:` budgets or "
+                         f"`quantize: {{w_bits, a_bits}}`")
+    if alloc is None:
+        return Variant(name, QuantizeOptions.from_dict(quant, f"{where}.quantize"))
+    if uniform or "bit_map" in quant:
+        raise MixDQError(f"variant {name}: `allocate` and uniform bits exclude each other")
+    alloc = dict(_mapping(alloc, f"{where}.allocate"))
+    protect = alloc.pop("protect", True)
+    if protect is not True and protect is not False:
+        alloc["protect"] = protect
+    return Variant(name,
+                   QuantizeOptions.from_dict({**quant, "bit_map": "bitmap.json"},
+                                             f"{where}.quantize"),
+                   AllocateOptions.from_dict(_paths(alloc, base_dir), f"{where}.allocate"),
+                   protect=protect is True)
 
 
 def _mapping(value: Any, what: str) -> dict:
@@ -130,112 +187,97 @@ def _override(data: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(text)
 
 
-_PATH_KEYS = {"prompts", "real_images", "inception", "clip", "bit_map", "protect", "lora"}
+def _paths(options: dict, base_dir: Path) -> dict:
+    return {k: _resolve(v, base_dir) if k in _PATH_KEYS and isinstance(v, str) else v
+            for k, v in options.items()}
 
 
-def _flags(options: dict, base_dir: Path) -> list[str]:
-    """``{num_prompts: 8, no_bos: true}`` -> ``["--num-prompts", "8", "--no-bos"]``."""
-    argv = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-            continue
-        values = value if isinstance(value, list) else [value]
-        if key in _PATH_KEYS:
-            values = [_resolve(v, base_dir) for v in values]
-        if key in ("weight_bits", "act_bits") and isinstance(value, list):
-            argv += [flag, ",".join(map(str, values))]
-        elif key in ("prompt", "quantized"):
-            for v in values:
-                argv += [flag, str(v)]
-        else:
-            argv += [flag, *map(str, values)]
-    return argv
-
-
-def _resolve(value: Any, base_dir: Path) -> str:
-    text = str(value)
-    if text in ("tiny",) or text.startswith("hf:") or Path(text).is_absolute():
-        return text
-    candidate = base_dir / text
-    return str(candidate) if candidate.exists() else text
+def _resolve(value: str, base_dir: Path) -> str:
+    if value in ("tiny", "proxy") or value.startswith("hf:") or Path(value).is_absolute():
+        return value
+    candidate = base_dir / value
+    return str(candidate) if candidate.exists() else value
 
 
 @dataclasses.dataclass
 class Stage:
-    """One subcommand invocation, its folder and the files that mean it finished."""
+    """One stage call: its folder, the files that mean it finished, and its settings."""
 
     name: str
+    kind: str
     folder: Path
-    argv: list[str]
     outputs: list[Path]
+    record: dict
+    call: Callable[[], Any]
 
     def finished(self) -> bool:
         record = self.folder / STAGE_RECORD
         if not record.is_file() or not all(p.exists() for p in self.outputs):
             return False
-        previous = json.loads(record.read_text()).get("argv")
-        if previous != self.argv:
-            raise MixDQError(f"stage {self.name} in {self.folder} finished with other arguments; "
+        previous = json.loads(record.read_text()).get("config")
+        if previous != self.record:
+            raise MixDQError(f"stage {self.name} in {self.folder} finished with other settings; "
                              f"delete that folder or use a new --out to redo it")
         return True
 
 
-def plan(config: RunConfig, out: Path) -> list[Stage]:
-    """The stages of a run, in order, with their full argument lists."""
-    model = ["--model", _resolve(config.model, config.base_dir)]
-    for key in ("device", "dtype", "lora"):
-        value = getattr(config, key)
-        if value is not None:
-            model += [f"--{key}", _resolve(value, config.base_dir) if key == "lora" else value]
+def _stage(name, kind, folder, outputs, model, options, call, **inputs) -> Stage:
+    record = {"stage": kind, **({"model": model.to_dict()} if model is not None else {}),
+              "options": options.to_dict(), **{k: str(v) for k, v in inputs.items()}}
+    return Stage(name, kind, folder, outputs, record, call)
+
+
+def plan(config: RunConfig, out: str | Path) -> list[Stage]:
+    """The stages of a run, in order, each with its settings and its call."""
+    out, model = Path(out), config.model
     calib = out / "calib"
-    stages = [Stage("calibrate", calib,
-                    ["calibrate", *model, *_flags(config.calibrate, config.base_dir),
-                     "--out", str(calib)], [calib / "manifest.json"])]
-    sens_options = dict(config.sensitivity)
+    stages = [_stage("calibrate", "calibrate", calib, [calib / "manifest.json"], model,
+                     config.calibrate, lambda: calibrate(model, config.calibrate, calib),
+                     out=calib)]
     sens_calib = calib
-    if "calib" in sens_options:
+    if config.sensitivity_calib is not None:
         sens_calib = out / "calib-sensitivity"
-        options = dict(config.calibrate, **_mapping(sens_options.pop("calib"), "sensitivity.calib"))
-        stages.append(Stage("calibrate (sensitivity)", sens_calib,
-                            ["calibrate", *model, *_flags(options, config.base_dir),
-                             "--out", str(sens_calib)], [sens_calib / "manifest.json"]))
+        options = config.sensitivity_calib
+        stages.append(_stage("calibrate (sensitivity)", "calibrate", sens_calib,
+                             [sens_calib / "manifest.json"], model, options,
+                             lambda: calibrate(model, options, sens_calib), out=sens_calib))
     sens_csv = out / "sensitivity" / "sens.csv"
     if any(v.allocate is not None for v in config.variants):
-        stages.append(Stage("sensitivity", sens_csv.parent,
-                            ["sensitivity", *model, "--calib", str(sens_calib),
-                             *_flags(sens_options, config.base_dir), "--out", str(sens_csv)],
-                            [sens_csv]))
-    quantized = []
+        stages.append(_stage("sensitivity", "sensitivity", sens_csv.parent, [sens_csv], model,
+                             config.sensitivity,
+                             lambda: sensitivity(model, config.sensitivity, sens_calib, sens_csv),
+                             calib=sens_calib, out=sens_csv))
+    quantized = {}
     for v in config.variants:
         folder = out / "variants" / v.name
-        qflags = _flags(v.quantize, config.base_dir)
+        qoptions = v.quantize
         if v.allocate is not None:
             bitmap = folder / "bitmap.json"
-            protect = sens_csv.with_name(sens_csv.stem + ".protect.txt")
-            options = dict(v.allocate)
-            if options.pop("protect", True) is not False:
-                options["protect"] = str(protect)
-            stages.append(Stage(f"allocate {v.name}", folder,
-                                ["allocate", "--sensitivity", str(sens_csv),
-                                 *_flags(options, config.base_dir), "--out", str(bitmap)],
-                                [bitmap]))
-            qflags += ["--bit-map", str(bitmap)]
+            aoptions = v.allocate
+            if v.protect:
+                aoptions = aoptions.replace(protect=str(sens_csv.with_suffix(".protect.txt")))
+            stages.append(_stage(f"allocate {v.name}", "allocate", folder, [bitmap], None,
+                                 aoptions, _bind(allocate, aoptions, sens_csv, bitmap),
+                                 sensitivity=sens_csv, out=bitmap))
+            qoptions = qoptions.replace(bit_map=str(bitmap))
         qdir = folder / "quant"
-        stages.append(Stage(f"quantize {v.name}", folder,
-                            ["quantize", *model, "--calib", str(calib), *qflags,
-                             "--out", str(qdir)], [qdir / "quant_config.json"]))
-        quantized += ["--quantized", f"{v.name}={qdir}"]
+        stages.append(_stage(f"quantize {v.name}", "quantize", folder,
+                             [qdir / "quant_config.json"], model, qoptions,
+                             _bind(quantize, model, qoptions, calib, qdir), calib=calib,
+                             out=qdir))
+        quantized[v.name] = qdir
     if config.benchmark is not None:
         bench = out / "benchmark"
-        stages.append(Stage("benchmark", bench,
-                            ["benchmark", *model, *quantized,
-                             *_flags(config.benchmark, config.base_dir), "--out", str(bench)],
-                            [bench / "report.json"]))
+        stage = _stage("benchmark", "benchmark", bench, [bench / "report.json"], model,
+                       config.benchmark, _bind(benchmark, model, config.benchmark, quantized,
+                                               bench), out=bench)
+        stage.record["quantized"] = {k: str(v) for k, v in quantized.items()}
+        stages.append(stage)
     return _one_record_per_folder(stages)
+
+
+def _bind(function, *args) -> Callable[[], Any]:
+    return lambda: function(*args)
 
 
 def _one_record_per_folder(stages: list[Stage]) -> list[Stage]:
@@ -245,43 +287,43 @@ def _one_record_per_folder(stages: list[Stage]) -> list[Stage]:
         n = seen.get(stage.folder, 0)
         seen[stage.folder] = n + 1
         if n:
-            stage.folder = stage.folder / f".{stage.argv[0]}"
+            stage.folder = stage.folder / f".{stage.kind}"
     return stages
 
 
-def run(config: RunConfig, out: str | Path, main: Callable[[list[str]], int] | None = None,
-        log: Callable[[str], None] = print) -> list[tuple[str, str]]:
+def run(config: RunConfig, out: str | Path, log: Callable[[str], None] = print,
+        execute: Callable[[Stage], Any] | None = None) -> list[tuple[str, str]]:
     """Run every stage that is not finished yet.
 
     Args:
-        config: the run.
+        config: the run (already validated: building it checked every section).
         out: the run's folder.
-        main: the subcommand dispatcher (``quant.cli.main``); injectable for tests.
         log: where progress lines go.
+        execute: how a stage is run (default: ``stage.call()``); injectable for tests.
 
     Returns:
         ``(stage name, "skipped" | "ran in N s")`` for every stage.
 
     Raises:
-        MixDQError: a stage failed (its own one-line error is printed by the stage first).
+        MixDQError: a stage failed (the message names it and its cause).
     """
-    if main is None:
-        from .cli import main
     out = Path(out)
+    stages = plan(config, out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", config.to_dict())
     done = []
-    for stage in plan(config, out):
+    for stage in stages:
         if stage.finished():
             log(f"[mixdq run] {stage.name}: complete, skipped")
             done.append((stage.name, "skipped"))
             continue
-        log(f"[mixdq run] {stage.name}: mixdq {' '.join(stage.argv)}")
+        log(f"[mixdq run] {stage.name}: {json.dumps(stage.record['options'])}")
         start = time.monotonic()
-        status = main(stage.argv)
-        if status != 0:
-            raise MixDQError(f"stage {stage.name} failed (exit status {status}); fix the cause "
-                             f"and rerun: finished stages are kept")
-        write_json(stage.folder / STAGE_RECORD, {"argv": stage.argv})
+        try:
+            stage.call() if execute is None else execute(stage)
+        except MixDQError as e:
+            raise MixDQError(f"stage {stage.name} failed: {e} (fix the cause and rerun: "
+                             f"finished stages are kept)") from None
+        write_json(stage.folder / STAGE_RECORD, {"config": stage.record})
         done.append((stage.name, f"ran in {time.monotonic() - start:.1f} s"))
     return done

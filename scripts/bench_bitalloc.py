@@ -2,13 +2,11 @@
 
 1. SDXL-sized programs: 794 layers with SDXL's real sizes and synthetic sensitivities; prints the
    solve time and status of each program.
-2. On the built-in ``tiny`` model: sensitivities measured directly (one layer at a time, UNet
-   output SQNR on recorded calibration calls, SSIM of images for content layers with ``--ssim``),
-   then W4A8-average bit maps from the joint and split programs against uniform W4A8 at the
-   same weight bytes, measured end to end on held-out prompts (UNet-output SQNR, image SSIM).
-
-The direct measurement here only checks the allocator end to end; the sensitivity stage proper
-(``mixdq sensitivity``, :mod:`quant.sensitivity`) is where tables come from in real use.
+2. On the built-in ``tiny`` model: calibration and weight sensitivities from the calibrate and
+   sensitivity stages (:mod:`quant.stages`: one layer at a time, UNet-output SQNR, SSIM of
+   images for content layers with ``--ssim``), then W4A8-average bit maps from the joint and
+   split programs against uniform W4A8 at the same weight bytes, measured end to end on
+   held-out prompts (UNet-output SQNR, image SSIM).
 
     python scripts/bench_bitalloc.py [--skip-sdxl] [--skip-tiny] [--ssim] [--prompts 8]
                                      [--table runs/tiny_sens.csv]
@@ -23,10 +21,11 @@ from pathlib import Path
 import torch
 
 from quant.bitalloc import AllocConfig, Budget, SensitivityTable, allocate
-from quant.bitalloc.synthetic import default_group, layer_sizes, sdxl_benchmark
-from quant.bitalloc.table import Measurement
+from quant.bitalloc.synthetic import sdxl_benchmark
 from quant.bitmap import BitMap, LayerBits
 from quant.quantize import output_sqnr, prepare, quantize_unet
+from quant.stages import (CalibrateOptions, ModelSpec, SensitivityOptions, calibrate,
+                          sensitivity)
 from quant.structure import quantizable_layers
 
 #: Held out from sensitivity and calibration; COCO-style captions written for this check.
@@ -36,11 +35,16 @@ EVAL_PROMPTS = ["a man riding a bicycle down a city street", "two dogs playing i
                 "a giraffe standing next to a tree", "a laptop on a desk beside a cup"]
 
 
-def record(pipe, prompts: list[str], folder: Path) -> list[dict]:
-    """Record the FP pipeline's UNet calls on ``prompts``; return them as one list of batches."""
-    from quant.calib import CalibrationData, record_calibration
+def record(model: ModelSpec, prompts: list[str], folder: Path) -> list[dict]:
+    """The calibrate stage on ``prompts``; its UNet calls as one list of batches."""
+    from quant.calib import CalibrationData
 
-    record_calibration(pipe, prompts, folder, batch_size=len(prompts), progress=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder.with_name(folder.name + "-prompts.txt")
+    source.write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+    calibrate(model, CalibrateOptions(prompts=str(source), num_prompts=len(prompts),
+                                      batch_size=len(prompts), no_progress=True), folder,
+              log=lambda line: None)
     return list(CalibrationData(folder).batches(len(prompts)))
 
 
@@ -56,57 +60,14 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(structural_similarity_index_measure(a, b, data_range=1.0))
 
 
-@torch.no_grad()
-def measure_table(pipe, batches: list[dict], weight_bits: dict | None = None,
-                  act_bits: tuple[int, ...] = (),
-                  ssim_prompts: list[str] | None = None) -> SensitivityTable:
-    """One layer quantized at a time, all else float: output SQNR (and content-layer SSIM).
-
-    Args:
-        pipe: the pipeline; its UNet is prepared in place and left with every layer float.
-        batches: recorded UNet calls (with ``output``) to measure the SQNR on.
-        weight_bits: group -> weight widths to measure (default: the allocator's candidates).
-        act_bits: activation widths to measure; empty for a weight-only table.
-        ssim_prompts: with prompts, content layers also get the SSIM of their images.
-    """
-    from tqdm.auto import tqdm
-
-    weight_bits = weight_bits or AllocConfig().weight_candidates
-    unet = pipe.unet
-    names = list(quantizable_layers(unet))
-    weights, acts = layer_sizes(unet, latent=unet.config.sample_size,
-                                tokens=batches[0]["encoder_hidden_states"].shape[1])
-    if act_bits:  # activation ranges come from calibration, then all but one are switched off
-        quantize_unet(unet, BitMap.uniform(names, None, max(act_bits)), batches, progress=False)
-    else:
-        prepare(unet, BitMap.uniform(names, None, None))
-    layers = quantizable_layers(unet)
-    for layer in layers.values():
-        layer.enable(act=False)
-    reference = images(pipe, ssim_prompts) if ssim_prompts else None
-    entries = {}
-    for name in tqdm(names, desc="sensitivity (direct)", leave=False):
-        layer, group = layers[name], default_group(name)
-        sides = [("weight", weight_bits[group], weights[name])]
-        sides += [("act", act_bits, acts[name])] if act_bits else []
-        for target, widths, size in sides:
-            m = Measurement(name, group, target, size)
-            for bits in widths:
-                if target == "weight":
-                    layer.set_bits(w=bits)
-                else:
-                    layer.set_bits(a=bits)
-                    layer.enable(act=True)
-                m.sqnr_db[bits] = output_sqnr(unet, batches)
-                if reference is not None and group == "content":
-                    m.ssim[bits] = ssim(images(pipe, ssim_prompts), reference)
-            layer.set_bits(w=None)
-            layer.enable(act=False)
-            entries[name, target] = m
-    prepare(unet, BitMap.uniform(names, None, None))
-    for layer in layers.values():
-        layer.enable(act=True)
-    return SensitivityTable(names, entries, "direct measurement on tiny")
+def measure_table(model: ModelSpec, calib_dir: Path, out: Path,
+                  measure_ssim: bool = False) -> SensitivityTable:
+    """The sensitivity stage, weights only: one layer quantized at a time, all else float,
+    UNet-output SQNR (and, with ``measure_ssim``, content layers' image SSIM)."""
+    options = SensitivityOptions(weight_bits=(2, 4, 8), act_bits=(), no_progress=True,
+                                 ssim="content" if measure_ssim else "none")
+    sensitivity(model, options, calib_dir, out, log=lambda line: None)
+    return SensitivityTable.read(out)
 
 
 @torch.no_grad()
@@ -123,14 +84,14 @@ def evaluate(pipe, bit_map: BitMap, calib: list[dict], held_out: list[dict],
     return out
 
 
-def compare_on_tiny(pipe, prompts: list[str], measure_ssim: bool = False,
+def compare_on_tiny(model: ModelSpec, prompts: list[str], measure_ssim: bool = False,
                     weight_bits: str = "4", table_path: Path | None = None,
                     only: tuple[str, ...] | None = None
                     ) -> tuple[SensitivityTable, dict[str, dict]]:
     """Uniform W4A8 against allocated W4-average (A8) bit maps on the tiny pipeline.
 
     Args:
-        pipe: the tiny pipeline (float32, CPU); its UNet is quantized in place and restored.
+        model: the tiny model (float32, CPU).
         prompts: calibration prompts (sensitivity and activation ranges).
         measure_ssim: also measure content layers' image SSIM (slower), and use it.
         weight_bits: the weight budget in average bits.
@@ -143,15 +104,17 @@ def compare_on_tiny(pipe, prompts: list[str], measure_ssim: bool = False,
         and ``ssim`` (held-out images, with ``measure_ssim``), plus the allocation's summary.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        calib = record(pipe, prompts, Path(tmp) / "calib")
-        held_out = record(pipe, EVAL_PROMPTS, Path(tmp) / "eval")
+        calib = record(model, prompts, Path(tmp) / "calib")
+        held_out = record(model, EVAL_PROMPTS, Path(tmp) / "eval")
+        if table_path is not None and Path(table_path).is_file():
+            table = SensitivityTable.read(table_path)
+        else:
+            table = measure_table(model, Path(tmp) / "calib", Path(tmp) / "sens.csv",
+                                  measure_ssim)
+            if table_path is not None:
+                table.write(table_path)
+    pipe = model.load()
     reference = images(pipe, EVAL_PROMPTS) if measure_ssim else None
-    if table_path is not None and Path(table_path).is_file():
-        table = SensitivityTable.read(table_path)
-    else:
-        table = measure_table(pipe, calib, ssim_prompts=prompts[:4] if measure_ssim else None)
-        if table_path is not None:
-            table.write(table_path)
     names = table.layers
     metric = "ssim" if measure_ssim else "sqnr"
     split = AllocConfig(content_metric=metric, mode="split")
@@ -204,13 +167,11 @@ def main():
             print(f"  [{name}] {result.summary()}")
     if not args.skip_tiny:
         from quant.calib import load_prompts
-        from quant.models import load_fp_pipeline
-        from quant.models.tiny import tiny_path
 
-        coco = Path(__file__).resolve().parents[2] / "shared/data/coco_captions_val2017.json"
+        coco = Path(__file__).resolve().parents[1] / "configs/prompts/coco2017_val_first1024.txt"
         prompts = load_prompts(str(coco), num_prompts=args.prompts)
-        pipe = load_fp_pipeline(str(tiny_path()), device="cpu")
-        _, results = compare_on_tiny(pipe, prompts, args.ssim, table_path=args.table)
+        _, results = compare_on_tiny(ModelSpec("tiny", device="cpu"), prompts, args.ssim,
+                                     table_path=args.table)
         print(f"tiny: {args.prompts} COCO calibration prompts, {len(EVAL_PROMPTS)} held out")
         for label, r in results.items():
             ssim_text = f", image SSIM {r['ssim']:.4f}" if "ssim" in r else ""

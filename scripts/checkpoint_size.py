@@ -12,8 +12,8 @@ import tempfile
 from importlib import resources
 
 from quant.bitmap import BitMap
-from quant.report import (format_size_table, measure_checkpoint_sizes, planned_report,
-                          random_unet)
+from quant.measure import format_size_table, measure_checkpoint_sizes, random_unet
+from quant.report import planned_report
 from quant.structure import quantizable_layers
 
 

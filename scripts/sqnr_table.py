@@ -7,8 +7,8 @@
 import argparse
 
 from quant.calib import CalibrationData
+from quant.measure import Setting, format_sqnr_table, sqnr_table
 from quant.models import load_fp_pipeline
-from quant.report import Setting, format_sqnr_table, sqnr_table
 
 
 def main():

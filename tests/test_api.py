@@ -52,22 +52,8 @@ def test_kernels_on_cpu_is_a_clear_error(tiny_dir, tiny_pipe, tmp_path):
         quant.load_pipeline(str(tiny_dir), device="cpu", execution="fast")
 
 
-def _make_lora(tiny_dir, path):
-    """A random LoRA on the tiny UNet's attention projections, saved as diffusers does."""
-    peft = pytest.importorskip("peft")
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = quant.models.load_fp_pipeline(str(tiny_dir), "cpu")
-    torch.manual_seed(0)
-    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                          target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    StableDiffusionXLPipeline.save_lora_weights(
-        path, unet_lora_layers=peft.utils.get_peft_model_state_dict(pipe.unet))
-    return path
-
-
-def test_fused_lora_quantizes_and_reloads(tiny_dir, tmp_path):
-    lora = _make_lora(tiny_dir, tmp_path / "lora")
+def test_fused_lora_quantizes_and_reloads(tiny_dir, tiny_lora, tmp_path):
+    lora = tiny_lora
     fused = quant.models.load_fp_pipeline(str(tiny_dir), "cpu", lora=str(lora))
     plain = quant.models.load_fp_pipeline(str(tiny_dir), "cpu")
     names = list(quantizable_layers(fused.unet))

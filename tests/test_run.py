@@ -1,6 +1,7 @@
 """mixdq run: config, stage plan, skipping and the end-to-end tiny run."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,39 +29,44 @@ benchmark: {prompt: [a cat, a dog], inception: tiny, no_clip: true}
 """
 
 
-def test_plan_maps_options_to_flags(tmp_path):
+def test_plan_builds_typed_options(tmp_path):
     (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
     config = RunConfig.load(_write(tmp_path, BASIC))
-    stages = {s.name: s.argv for s in plan(config, tmp_path / "out")}
+    stages = {s.name: s.record for s in plan(config, tmp_path / "out")}
     assert list(stages) == ["calibrate", "sensitivity", "quantize w8a8", "allocate mixed",
                             "quantize mixed", "benchmark"]
-    out = str(tmp_path / "out")
-    assert stages["calibrate"] == ["calibrate", "--model", "tiny", "--prompts",
-                                   str(tmp_path / "prompts.txt"), "--num-prompts", "4",
-                                   "--out", f"{out}/calib"]
-    assert stages["sensitivity"][-4:] == ["--weight-bits", "2,4,8", "--out",
-                                          f"{out}/sensitivity/sens.csv"]
-    assert stages["allocate mixed"] == [
-        "allocate", "--sensitivity", f"{out}/sensitivity/sens.csv", "--weight-bits", "4.0",
-        "--act-bits", "8.0", "--protect", f"{out}/sensitivity/sens.protect.txt",
-        "--out", f"{out}/variants/mixed/bitmap.json"]
-    assert stages["quantize mixed"][-4:] == ["--bit-map", f"{out}/variants/mixed/bitmap.json",
-                                             "--out", f"{out}/variants/mixed/quant"]
-    assert stages["quantize w8a8"][5:9] == ["--w-bits", "8", "--a-bits", "8"]
+    out = tmp_path / "out"
+    calib = stages["calibrate"]
+    assert calib["model"] == {"model": "tiny", "device": None, "dtype": None, "lora": None,
+                              "lora_scale": 1.0}
+    assert calib["options"]["prompts"] == str(tmp_path / "prompts.txt")
+    assert calib["options"]["num_prompts"] == 4 and calib["out"] == str(out / "calib")
+    assert stages["sensitivity"]["options"]["weight_bits"] == [2, 4, 8]
+    assert stages["sensitivity"]["out"] == str(out / "sensitivity" / "sens.csv")
+    alloc = stages["allocate mixed"]
+    assert "model" not in alloc
+    assert (alloc["options"]["weight_bits"], alloc["options"]["act_bits"]) == (4.0, 8.0)
+    assert alloc["options"]["protect"] == str(out / "sensitivity" / "sens.protect.txt")
+    assert alloc["out"] == str(out / "variants" / "mixed" / "bitmap.json")
+    assert stages["quantize mixed"]["options"]["bit_map"] == alloc["out"]
+    assert stages["quantize mixed"]["out"] == str(out / "variants" / "mixed" / "quant")
+    w8a8 = stages["quantize w8a8"]["options"]
+    assert (w8a8["w_bits"], w8a8["a_bits"], w8a8["bit_map"]) == (8, 8, None)
     bench = stages["benchmark"]
-    assert bench.count("--quantized") == 2 and bench.count("--prompt") == 2
-    assert "--no-clip" in bench and "--inception" in bench
+    assert bench["options"]["prompt"] == ["a cat", "a dog"] and bench["options"]["no_clip"]
+    assert bench["options"]["inception"] == "tiny"
+    assert list(bench["quantized"]) == ["w8a8", "mixed"]
 
 
 def test_overrides_and_errors(tmp_path):
     (tmp_path / "prompts.txt").write_text("a cat\n")
     path = _write(tmp_path, BASIC)
     config = RunConfig.load(path, ["calibrate.num_prompts=16", "benchmark=null"])
-    assert config.calibrate["num_prompts"] == 16 and config.benchmark is None
+    assert config.calibrate.num_prompts == 16 and config.benchmark is None
     assert [s.name for s in plan(config, tmp_path)][-1] == "quantize mixed"
     with pytest.raises(MixDQError, match="KEY=VALUE"):
         RunConfig.load(path, ["calibrate.num_prompts"])
-    with pytest.raises(MixDQError, match="unknown keys \\['modle'\\]"):
+    with pytest.raises(MixDQError, match="unknown key 'modle'"):
         RunConfig.load(_write(tmp_path, BASIC + "modle: x\n"))
     with pytest.raises(MixDQError, match="no such file"):
         RunConfig.load(tmp_path / "absent.yaml")
@@ -69,49 +75,94 @@ def test_overrides_and_errors(tmp_path):
     with pytest.raises(MixDQError, match="calibrate.prompts"):
         RunConfig.load(_write(tmp_path, "variants: [{name: a, quantize: {w_bits: 8}}]"))
     with pytest.raises(MixDQError, match="no variants"):
-        RunConfig.load(_write(tmp_path, "calibrate: {prompts: p.txt}"))
+        RunConfig.load(_write(tmp_path, "calibrate: {prompts: p.txt}\nbenchmark: null"))
     with pytest.raises(MixDQError, match="variant x: give"):
         RunConfig.load(_write(tmp_path, "calibrate: {prompts: p}\nvariants: [{name: x}]"))
+
+
+# one typo or bad value per section: each fails when the config is loaded, naming the key
+TYPOS = [
+    ("sensitivity.batch_sise=8", "sensitivity.batch_sise: unknown setting"),
+    ("sensitivity.batch_size=eight", "sensitivity.batch_size: expected an integer"),
+    ("sensitivity.ssim=some", "sensitivity.ssim: expected one of"),
+    ("sensitivity.calib.num_promts=2", "sensitivity.calib.num_promts: unknown setting"),
+    ("calibrate.num_promts=8", "calibrate.num_promts: unknown setting"),
+    ("calibrate.steps=0", "calibrate.steps: must be positive"),
+    ("benchmark.latency_repeat=3", "benchmark.latency_repeat: unknown setting"),
+    ("benchmark.execution=fast", "benchmark.execution: expected one of"),
+    ("variants=[{name: a, quantize: {w_bits: 8, a_bit: 8}}]", "variant a.quantize.a_bit"),
+    ("variants=[{name: a, quantize: {w_bits: 1, a_bits: 8}}]", "variant a.quantize.w_bits"),
+    ("variants=[{name: a, allocate: {weight_bit: 4}}]", "variant a.allocate.weight_bit"),
+    ("variants=[{name: a, allocate: {weight_bits: 4, mode: best}}]", "mode must be one of"),
+    ("variants=[{name: a, quantise: {w_bits: 8}}]", "variant a.quantise: unknown key"),
+    ("lora_scale=strong", "model.lora_scale: expected a number"),
+    ("dtyp=fp16", "unknown key 'dtyp'"),
+]
+
+
+@pytest.mark.parametrize("item,message", TYPOS)
+def test_typo_in_any_section_fails_before_any_stage(item, message, tmp_path, capsys):
+    """The config is fully validated in well under a second, before a stage runs."""
+    import time
+
+    from quant.cli import main
+
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    path = _write(tmp_path, BASIC)
+    start = time.monotonic()
+    with pytest.raises(MixDQError, match=re.escape(message)):
+        RunConfig.load(path, [item])
+    assert time.monotonic() - start < 0.5
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out"),
+                 "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+def _fake_stage(calls):
+    def execute(stage):
+        calls.append(stage.kind)
+        for target in stage.outputs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("{}")
+    return execute
 
 
 def test_finished_stages_are_skipped(tmp_path):
     (tmp_path / "prompts.txt").write_text("a cat\n")
     config = RunConfig.load(_write(tmp_path, BASIC))
     calls = []
-
-    def fake_main(argv):
-        calls.append(argv[0])
-        out = Path(argv[argv.index("--out") + 1])
-        target = {"calibrate": out / "manifest.json", "quantize": out / "quant_config.json",
-                  "benchmark": out / "report.json"}.get(argv[0], out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("{}")
-        return 0
-
-    first = run(config, tmp_path / "out", main=fake_main, log=lambda s: None)
+    execute = _fake_stage(calls)
+    first = run(config, tmp_path / "out", execute=execute, log=lambda s: None)
     assert [status for _, status in first if status == "skipped"] == []
     assert calls == ["calibrate", "sensitivity", "quantize", "allocate", "quantize", "benchmark"]
+    record = json.loads((tmp_path / "out" / "calib" / "stage.json").read_text())
+    assert record["config"]["options"]["num_prompts"] == 4  # settings, not argv
     calls.clear()
     # an interrupted benchmark: only it runs again
     (tmp_path / "out" / "benchmark" / "report.json").unlink()
-    again = run(config, tmp_path / "out", main=fake_main, log=lambda s: None)
+    again = run(config, tmp_path / "out", execute=execute, log=lambda s: None)
     assert calls == ["benchmark"]
     assert sum(status == "skipped" for _, status in again) == 5
     changed = RunConfig.load(_write(tmp_path, BASIC), ["calibrate.num_prompts=5"])
-    with pytest.raises(MixDQError, match="stage calibrate .* finished with other arguments"):
-        run(changed, tmp_path / "out", main=fake_main, log=lambda s: None)
-    failing = RunConfig.load(_write(tmp_path, BASIC))
-    with pytest.raises(MixDQError, match="stage calibrate failed"):
-        run(failing, tmp_path / "other", main=lambda argv: 2, log=lambda s: None)
+    with pytest.raises(MixDQError, match="stage calibrate .* finished with other settings"):
+        run(changed, tmp_path / "out", execute=execute, log=lambda s: None)
+
+    def failing(stage):
+        raise MixDQError("no GPU here")
+
+    with pytest.raises(MixDQError, match="stage calibrate failed: no GPU here"):
+        run(config, tmp_path / "other", execute=failing, log=lambda s: None)
 
 
 @pytest.mark.parametrize("name", ["tiny", "sdxl_turbo_w8a8", "sdxl_turbo_w5a8", "sdxl_turbo_w4a8"])
 def test_presets_load_and_plan(name, tmp_path):
     config = RunConfig.load(CONFIGS / f"{name}.yaml")
     stages = plan(config, tmp_path)
-    assert stages[0].argv[0] == "calibrate" and stages[-1].argv[0] == "benchmark"
-    prompts = stages[0].argv[stages[0].argv.index("--prompts") + 1]
-    assert Path(prompts).is_file()
+    assert stages[0].kind == "calibrate" and stages[-1].kind == "benchmark"
+    assert Path(stages[0].record["options"]["prompts"]).is_file()
+    assert Path(stages[-1].record["options"]["prompts"]).is_file()
 
 
 @pytest.mark.slow

@@ -77,7 +77,8 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     root1 = _sqrt_psd(sigma1)
     middle = root1 @ sigma2 @ root1
     values = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0)
-    distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * values.sqrt().sum()
+    distance = ((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace()
+                - 2 * values.sqrt().sum())
     return float(distance.clamp_min(0))
 
 

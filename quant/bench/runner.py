@@ -169,7 +169,8 @@ def run_benchmark(variants: list[Variant], prompts: list[str], config: Benchmark
                      f"variants only at equal prompt counts.")
     report = {
         "format": FORMAT, "version": 1,
-        "settings": {"num_prompts": len(prompts), "prompts_source": prompts_source or f"{len(prompts)} prompts (a list)",
+        "settings": {"num_prompts": len(prompts), "prompts_source":
+                     prompts_source or f"{len(prompts)} prompts (a list)",
                      "resolution": resolution, "generation": config.generation.to_dict(),
                      "config": config.to_dict(), "world_size": shard.world_size,
                      "real_images": len(real_paths) if real_paths else 0},

@@ -97,7 +97,7 @@ def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]]
 
 
 def _solution(picks, losses, costs, status, seconds) -> Solution:
-    loss = math.fsum(l[k] for l, k in zip(losses, picks))
+    loss = math.fsum(row[k] for row, k in zip(losses, picks))
     cost = sum(c[k] for c, k in zip(costs, picks))
     return Solution(picks, loss, cost, status, seconds)
 

@@ -14,13 +14,14 @@ from typing import Mapping
 
 from torch import nn
 
+from ..sensitivity.groups import GroupRule
 from .table import Measurement, SensitivityTable
 
 
 def default_group(name: str) -> str:
-    """The method's grouping: ``content`` if a name part is ``attn2`` or ``ff``, else quality."""
-    parts = name.split(".")
-    return "content" if "attn2" in parts or "ff" in parts else "quality"
+    """The method's grouping (:class:`quant.sensitivity.groups.GroupRule`'s default):
+    ``content`` for cross-attention (``attn2``) and feed-forward (``ff``) layers, else quality."""
+    return GroupRule().group(name)
 
 
 def synthetic_table(weight_sizes: Mapping[str, int], act_sizes: Mapping[str, int],
@@ -116,15 +117,9 @@ def layer_sizes(unet: nn.Module, latent: int, tokens: int = 77) -> tuple[dict[st
 
 
 def _sdxl_meta():
-    import json
-    from importlib import resources
+    from ..unet import random_unet, sdxl_unet_config
 
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    cfg = json.loads(resources.files("quant.configs").joinpath("sdxl_unet.json").read_text())
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(cfg)
+    return random_unet(sdxl_unet_config(), meta=True)
 
 
 

@@ -30,6 +30,7 @@ from typing import Iterable, Mapping
 
 from ..bitmap import ACT_BITS, WEIGHT_BITS
 from ..errors import MixDQError
+from ..protect import read_protect_list  # noqa: F401  (re-exported)
 from ..utils.io import write_text
 
 COLUMNS = ("layer", "group", "target", "bits", "sqnr_db", "ssim", "size")
@@ -201,35 +202,6 @@ class SensitivityTable:
         writer.writeheader()
         writer.writerows(self.rows())
         write_text(path, buf.getvalue())
-
-
-def read_protect_list(path: str | Path, known: Iterable[str]) -> list[str]:
-    """Read a protect list: one layer name per line, ``#`` starts a comment, blanks ignored.
-
-    Args:
-        path: the text file.
-        known: the layer names of the sensitivity table.
-
-    Returns:
-        The names, in file order, without duplicates.
-
-    Raises:
-        MixDQError: a missing file or a name that is not in the table (with its line number).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MixDQError(f"protect list {path}: no such file")
-    known = set(known)
-    names: dict[str, None] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        name = line.split("#", 1)[0].strip()
-        if not name:
-            continue
-        if name not in known:
-            raise MixDQError(f"protect list {path} line {number}: layer {name!r} is not in the "
-                             f"sensitivity table")
-        names[name] = None
-    return list(names)
 
 
 def _int(text: str | None, column: str, where: str) -> int:

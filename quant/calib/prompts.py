@@ -122,7 +122,8 @@ def _table(path: Path, column: str, delimiter: str) -> list[str | None]:
     except UnicodeDecodeError:
         raise MixDQError(f"{path}: not UTF-8 text; " + _FORMATS_HELP) from None
     except csv.Error as e:
-        raise MixDQError(f"{path}: malformed {'CSV' if delimiter == ',' else 'TSV'} ({e})") from None
+        kind = "CSV" if delimiter == "," else "TSV"
+        raise MixDQError(f"{path}: malformed {kind} ({e})") from None
 
 
 def _datasets(source: str, column: str, split: str | None) -> list[str | None]:

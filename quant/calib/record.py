@@ -9,7 +9,6 @@ and ends with the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MixDQError
+from ..unet import config_fingerprint
 from ..utils.io import save_image, write_json
 from . import store
 
@@ -110,10 +110,7 @@ def _rows(calls: list[dict], first_prompt: int, n_prompts: int, steps: int) -> d
     return {k: torch.cat(v) for k, v in columns.items()}
 
 
-def _unet_fingerprint(unet) -> str:
-    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+_unet_fingerprint = config_fingerprint
 
 
 def _versions() -> dict:

@@ -132,7 +132,8 @@ class CalibrationData:
         missing = [p for p, _ in self._shards if not p.is_file()]
         missing += [p for p in self.image_paths if not p.is_file()]
         if missing:
-            raise MixDQError(f"calibration folder {self.path} lacks {missing[0].relative_to(self.path)}"
+            raise MixDQError(f"calibration folder {self.path} lacks "
+                             f"{missing[0].relative_to(self.path)}"
                              f"; rerun `mixdq calibrate` with the same arguments to restore it")
         if sum(n for _, n in self._shards) != self._length:
             raise MixDQError(f"{manifest}: shard sample counts do not add up to "
@@ -240,7 +241,10 @@ class CalibrationData:
 
     @staticmethod
     def unet_kwargs(batch: dict) -> dict:
-        """The part of a batch that a diffusers UNet takes: ``unet(**CalibrationData.unet_kwargs(b))``."""
+        """The part of a batch that a diffusers UNet takes.
+
+        ``unet(**CalibrationData.unet_kwargs(b))``.
+        """
         return {k: batch[k] for k in UNET_KEYS if k in batch}
 
     def _load_shard(self, path: Path) -> dict[str, torch.Tensor]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from ..errors import MixDQError
+from .common import stage_options
 
 
 def register(sub):
@@ -52,75 +50,25 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..bitalloc import (SensitivityTable, allocate, cost_range, read_protect_list, sweep,
-                            write_front)
+    from ..stages import AllocateOptions, allocate
 
-    config = _config(args)
-    out = Path(args.out)
-    if args.sweep and out.suffix.lower() != ".csv":
-        raise MixDQError(f"--out {out}: with --sweep, give a .csv file name")
-    if not args.sweep:
-        if out.suffix.lower() not in (".json", ".yaml", ".yml"):
-            raise MixDQError(f"--out {out}: use a .json or .yaml file name for the bit map")
-        weight, act = _budgets(args)
-    table = SensitivityTable.read(args.sensitivity)
-    protected = read_protect_list(args.protect, table.layers) if args.protect else []
-
-    if args.sweep:
-        fronts = {t: sweep(table, t, config, protected, args.points) for t in table.targets}
-        png = write_front(out, fronts)
-        for target, results in fronts.items():
-            lo, hi = results[0], results[-1]
-            print(f"{target}: {len(results)} budgets, {lo.avg_bits:.3f} -> {hi.avg_bits:.3f} "
-                  f"average bits, predicted SQNR {lo.prediction.sqnr_db:.2f} -> "
-                  f"{hi.prediction.sqnr_db:.2f} dB, "
-                  f"{sum(r.solve_s for r in results):.2f} s in the solver")
-        print(f"wrote {out} and {png}")
-        return 0
-
-    result = allocate(table, weight, act, config, protected)
-    for target, r in (("weight", result.weight), ("act", result.act)):
-        if r is None:
-            flag = "--weight-bits/--weight-mb" if target == "weight" else "--act-bits"
-            print(f"{target}: not allocated (no {flag}): every {target} stays floating point")
-            continue
-        print(r.summary())
-        widest = cost_range(table, r.target, config, protected)[1]
-        if r.budget.capacity(r.total_size) > widest:
-            print(f"note: the {r.target} budget {r.budget} is above the widest allocation "
-                  f"({widest / r.total_size:.4f} average bits): every layer has its most bits")
-    result.bit_map.save(out)
-    print(f"wrote {out} ({len(result.bit_map)} layers, {len(protected)} activations kept in "
-          f"floating point)")
+    candidates = {key: _candidates(getattr(args, key), key)
+                  for key in ("weight_candidates", "act_candidates")
+                  if getattr(args, key) is not None}
+    budgets = {key: _number(getattr(args, key), what)
+               for key, what in (("weight_bits", "average bits"), ("weight_mb", "megabytes"),
+                                 ("act_bits", "average bits"))
+               if getattr(args, key) is not None}
+    allocate(stage_options(AllocateOptions, args, **candidates, **budgets), args.sensitivity,
+             args.out)
     return 0
 
 
-def _config(args):
-    """The config file, if any, with the command-line settings on top."""
-    from ..bitalloc import AllocConfig
-
-    config = AllocConfig.load(args.config) if args.config else AllocConfig()
-    overrides = {k: v for k, v in (("mode", args.mode), ("content_metric", args.content_metric),
-                                   ("normalize", args.normalize),
-                                   ("content_weight", args.content_weight)) if v is not None}
-    for field, given in (("weight_candidates", args.weight_candidates),
-                         ("act_candidates", args.act_candidates)):
-        if given is not None:
-            overrides[field] = dict(getattr(config, field), **_candidates(given, field))
-    if overrides:
-        config = AllocConfig.from_dict(dict(config.to_dict(), **overrides))
-    return config
-
-
-def _budgets(args):
-    from ..bitalloc import Budget
-
-    if args.weight_bits is None and args.weight_mb is None and args.act_bits is None:
-        raise MixDQError("give a budget: --weight-bits W (or --weight-mb MB) and/or --act-bits A")
-    weight = (Budget.bits(args.weight_bits) if args.weight_bits is not None
-              else Budget.megabytes(args.weight_mb) if args.weight_mb is not None else None)
-    act = Budget.bits(args.act_bits) if args.act_bits is not None else None
-    return weight, act
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise MixDQError(f"budget {text!r} is not a number of {what}") from None
 
 
 def _candidates(items: list[str], field: str) -> dict[str, list[int]]:

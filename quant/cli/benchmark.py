@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .common import add_model_args, positive_int
+from .common import add_model_args, model_spec, positive_int, stage_options
 
 
 def register(sub):
@@ -64,23 +64,6 @@ def register(sub):
     return p
 
 
-def _prompts(args) -> tuple[list[str], str]:
-    from ..bench.generation import select_prompts
-    from ..calib.prompts import read_prompts
-    from ..errors import MixDQError
-
-    if args.prompts and args.prompt:
-        raise MixDQError("give either --prompts SOURCE or --prompt TEXT, not both")
-    if args.prompt:
-        prompts = select_prompts(args.prompt, args.num_prompts, "--prompt")
-        return prompts, f"{len(prompts)} prompts from --prompt"
-    if not args.prompts:
-        raise MixDQError("no prompts: pass --prompts SOURCE or --prompt TEXT")
-    prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,
-                              split=args.split)
-    return prompt_set.prompts, prompt_set.summary()
-
-
 def _named(item: str) -> tuple[str | None, str]:
     """``NAME=DIR`` -> (NAME, DIR); a plain ``DIR`` (even one containing '=') -> (None, DIR)."""
     from pathlib import Path
@@ -105,39 +88,8 @@ def _proxy_ablation(args) -> int:
 def run(args) -> int:
     if args.model == "proxy" and not (args.quantized or args.prompts or args.prompt):
         return _proxy_ablation(args)
-    from ..bench import (BenchmarkConfig, GenerationSettings, fp_variant, init_shard,
-                         quantized_variant, run_benchmark)
+    from ..stages import BenchmarkOptions, benchmark
 
-    prompts, source = _prompts(args)
-    config = BenchmarkConfig(
-        out_dir=args.out,
-        generation=GenerationSettings(steps=args.steps, guidance=args.guidance,
-                                      resolution=args.resolution, seed=args.seed,
-                                      batch_size=args.batch_size),
-        real_images=args.real_images, fid=not args.no_fid, inception=args.inception,
-        clip=not args.no_clip, clip_model=args.clip, image_reward=not args.no_image_reward,
-        latency=not args.no_latency, latency_repeats=args.latency_repeats,
-        latency_warmup=args.latency_warmup, cuda_graphs=args.cuda_graphs,
-        metric_batch_size=args.metric_batch_size, grid_rows=args.grid_rows, device=args.device)
-    shard = init_shard()
-    device = args.device
-    if shard.world_size > 1 and device is None:
-        import torch
-
-        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
-    lora = dict(lora=args.lora, lora_scale=args.lora_scale)
-    variants = [fp_variant(args.model, device, args.dtype, **lora)]
-    for item in args.quantized:
-        name, quant_dir = _named(item)
-        variants.append(quantized_variant(args.model, quant_dir, device, args.dtype, name=name,
-                                          execution=args.execution, **lora))
-    try:
-        report = run_benchmark(variants, prompts, config, shard=shard, prompts_source=source)
-    finally:
-        shard.close()
-    if report is not None:
-        from ..bench.report import markdown
-
-        print(markdown(report), end="")
-        print(f"wrote {args.out}/report.json, report.md, grid.png")
+    quantized = [_named(item) for item in args.quantized]
+    benchmark(model_spec(args), stage_options(BenchmarkOptions, args), quantized, args.out)
     return 0

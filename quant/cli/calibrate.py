@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from .common import add_model_args, load_model, positive_int
+from .common import add_model_args, model_spec, positive_int, stage_options
 
 
 def register(sub):
@@ -36,23 +34,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..calib.prompts import read_prompts
-    from ..calib.record import finished_run, record_calibration
-    from ..calib.store import CalibrationData
+    from ..stages import CalibrateOptions, calibrate
 
-    prompt_set = read_prompts(args.prompts, num_prompts=args.num_prompts, column=args.column,
-                              shuffle=args.shuffle, seed=args.shuffle_seed, split=args.split)
-    print(prompt_set.summary(), file=sys.stderr)
-    settings = dict(steps=args.steps, guidance=args.guidance, resolution=args.resolution,
-                    batch_size=args.batch_size, seed=args.seed, model_name=args.model)
-    if finished_run(args.out, prompt_set.prompts, **settings):
-        print(f"{args.out} already holds this calibration; nothing to do")
-        return 0
-    pipe = load_model(args)
-    source = {**prompt_set.describe(), "column": args.column, "shuffle": args.shuffle,
-              "shuffle_seed": args.shuffle_seed}
-    out = record_calibration(pipe, prompt_set.prompts, args.out, progress=not args.no_progress,
-                             source=source, **settings)
-    data = CalibrationData(out)
-    print(f"wrote {out}: {len(data.prompts)} prompts, {data.steps} step(s), {len(data)} samples")
+    calibrate(model_spec(args), stage_options(CalibrateOptions, args), args.out)
     return 0

@@ -19,12 +19,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-scale", type=float, default=1.0)
 
 
+def model_spec(args):
+    """The :class:`~quant.models.ModelSpec` the model arguments of a subcommand describe."""
+    from ..models.spec import ModelSpec
+
+    return ModelSpec(args.model, args.device, args.dtype, args.lora, args.lora_scale)
+
+
 def load_model(args, **kwargs):
     """The full-precision pipeline the model arguments of a subcommand describe."""
-    from ..models import load_fp_pipeline
+    return model_spec(args).load(**kwargs)
 
-    return load_fp_pipeline(args.model, args.device, args.dtype, lora=args.lora,
-                            lora_scale=args.lora_scale, **kwargs)
+
+def stage_options(cls, args, **extra):
+    """The stage options ``cls`` (``quant.stages``) filled from the parsed arguments."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    data = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls.from_dict({**data, **extra})
 
 
 def not_built(name: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, load_model, positive_int
+from .common import add_model_args, model_spec, positive_int, stage_options
 
 
 def bits_arg(text: str) -> int | None:
@@ -46,40 +46,7 @@ def register(sub):
 
 
 def run(args) -> int:
-    from ..bitmap import BitMap, check_bits
-    from ..calib import CalibrationData
-    from ..checkpoint import save_quantized
-    from ..errors import MixDQError
-    from ..quantize import output_sqnr, quantize_unet
-    from ..report import quantization_report
-    from ..structure import quantizable_layers
+    from ..stages import QuantizeOptions, quantize
 
-    uniform = args.w_bits is not None or args.a_bits is not None
-    if args.bit_map and uniform:
-        raise MixDQError("give either --bit-map or --w-bits/--a-bits, not both")
-    if not args.bit_map and not uniform:
-        raise MixDQError("give --bit-map FILE, or --w-bits B and --a-bits B")
-    check_bits(args.w_bits, "weight")
-    check_bits(args.a_bits, "activation")
-    data = CalibrationData(args.calib)
-    pipe = load_model(args)
-    unet = pipe.unet
-    if args.bit_map:
-        bit_map = BitMap.load(args.bit_map)
-    else:
-        bit_map = BitMap.uniform(quantizable_layers(unet), args.w_bits, args.a_bits)
-
-    def batches():
-        return data.batches(args.batch_size, device=unet.device, dtype=unet.dtype)
-
-    quantize_unet(unet, bit_map, batches(), bos=not args.no_bos, weight_scale=args.weight_scale,
-                  momentum=args.momentum, progress=not args.no_progress)
-    sqnr = output_sqnr(unet, batches())
-    meta = {"calibration": str(args.calib), "calibration_samples": len(data),
-            "bos": not args.no_bos, "weight_scale": args.weight_scale,
-            "momentum": args.momentum, "sqnr_db": round(sqnr, 4)}
-    out = save_quantized(unet, args.out, base_model=args.model, metadata=meta)
-    print(quantization_report(unet).format())
-    print(f"UNet output SQNR vs full precision on the calibration set: {sqnr:.2f} dB")
-    print(f"wrote {out}")
+    quantize(model_spec(args), stage_options(QuantizeOptions, args), args.calib, args.out)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, positive_int
+from .common import add_model_args, model_spec, positive_int, stage_options
 
 
 def _bits(text: str) -> tuple[int, ...]:
@@ -63,27 +63,8 @@ def register(sub):
     return p
 
 
-def config_from_args(args):
-    """The :class:`SensitivityConfig` the arguments ask for."""
-    from ..sensitivity.config import SensitivityConfig
-    from ..sensitivity.groups import DEFAULT_CONTENT_PATTERNS, GroupRule
-    from ..sensitivity.replay import TOP_LEVEL
-
-    return SensitivityConfig(
-        weight_bits=args.weight_bits, act_bits=args.act_bits,
-        groups=GroupRule(tuple(args.content_pattern or DEFAULT_CONTENT_PATTERNS)),
-        ssim=args.ssim, ssim_size=args.ssim_size, batch_size=args.batch_size,
-        protect_fraction=args.protect_fraction, weight_scale=args.weight_scale,
-        bos=not args.no_bos, layers=args.layers,
-        **({"containers": TOP_LEVEL} if args.block_cache == "blocks" else {}))
-
-
 def run(args) -> int:
-    from ..sensitivity.run import run_sensitivity
+    from ..stages import SensitivityOptions, sensitivity
 
-    summary = run_sensitivity(args.model, args.calib, args.out, config_from_args(args),
-                              quantized_base=args.quantized_base, device=args.device,
-                              dtype=args.dtype, progress=not args.no_progress)
-    if summary.merged:
-        print(summary.format())
+    sensitivity(model_spec(args), stage_options(SensitivityOptions, args), args.calib, args.out)
     return 0

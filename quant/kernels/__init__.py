@@ -55,6 +55,16 @@ def describe() -> str:
         lines.append(f"  extension: loaded ({status.source or 'JIT build'})")
     else:
         lines.append(f"  extension: not loaded - {status.reason}")
+    try:
+        import triton
+
+        from .backends import triton_available
+
+        where = "runs here" if triton_available(torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")) else "needs a CUDA device"
+        lines.append(f"  triton: {triton.__version__} ({where}; backends triton, triton_fused)")
+    except ImportError:
+        lines.append("  triton: not installed (pip install mixdq[triton])")
     impl = "CUDA kernel + torch reference" if cuda_kernels_registered() else "torch reference"
     lines.append(f"  ops: {', '.join('mixdq::' + n for n in ops.SCHEMAS)} ({impl})")
     return "\n".join(lines)
@@ -62,7 +72,10 @@ def describe() -> str:
 
 def quantize_act(x: torch.Tensor, scale: float, zero_point: int, bits: int = 8,
                  pad_to: int = 1) -> torch.Tensor:
-    """``clamp(round(x / scale) + zero_point, qmin, qmax)`` as int8, last dim padded to ``pad_to``."""
+    """``clamp(round(x / scale) + zero_point, qmin, qmax)`` as int8.
+
+    The last dim is padded to ``pad_to``.
+    """
     return torch.ops.mixdq.quantize_act(x, scale, zero_point, bits, pad_to)
 
 

@@ -68,7 +68,8 @@ def build_emulator(cache_dir: str | Path, cxx: str | None = None) -> "Emulator":
     lib = cache_dir / f"mixdq_emu_{_source_hash()}.so"
     if not lib.exists():
         tmp = lib.with_suffix(".tmp.so")
-        proc = subprocess.run([cxx, *CXX_FLAGS, "-o", str(tmp), str(_emu_dir() / "emu" / "emu.cpp")],
+        source = str(_emu_dir() / "emu" / "emu.cpp")
+        proc = subprocess.run([cxx, *CXX_FLAGS, "-o", str(tmp), source],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise MixDQError(f"building the kernel emulator failed:\n{proc.stderr[-4000:]}")

@@ -17,7 +17,13 @@ from torch import nn
 from . import ops  # noqa: F401  (defines torch.ops.mixdq)
 from .layout import conv_weight_nhwc, pack_int4, pad_last, tap_sums, weight_sums
 
-BACKENDS = ("kernels", "int_mm")
+# "kernels": the mixdq ops (CUDA C++ kernels when built, else the torch references);
+# "int_mm": torch._int_mm (cuBLASLt) + the fused dequantize, for int8-weight pointwise layers
+#   (others use "kernels");
+# "triton": the Triton quantize kernel, then the Triton int8/int4 GEMM;
+# "triton_fused": one Triton GEMM that quantizes its float input in the prologue.
+BACKENDS = ("kernels", "int_mm", "triton", "triton_fused")
+TRITON_BACKENDS = ("triton", "triton_fused")
 K_ALIGN = 16  # the GEMM loads 16 bytes of K at a time
 
 
@@ -51,11 +57,28 @@ def cuda_kernels_registered() -> bool:
         return False
 
 
-def _out_dtype(x: torch.Tensor) -> torch.dtype:
-    # The CUDA GEMM writes float16 (or int32); the references write any float dtype.
-    if x.is_cuda and cuda_kernels_registered():
+_KERNELS_REGISTERED: list[bool] = []  # cached: a dispatcher query is opaque to torch.compile
+
+
+def _kernels_registered() -> bool:
+    if not _KERNELS_REGISTERED:
+        _KERNELS_REGISTERED.append(cuda_kernels_registered())
+    return _KERNELS_REGISTERED[0]
+
+
+def _out_dtype(x: torch.Tensor, backend: str = "kernels") -> torch.dtype:
+    # The CUDA GEMM writes float16 (or int32); the references and Triton any float dtype.
+    if x.is_cuda and backend not in TRITON_BACKENDS and _kernels_registered():
         return torch.float16
     return x.dtype
+
+
+def check_backend(backend: str) -> None:
+    """Raise ValueError for an unknown backend; import the Triton ops for a Triton one."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if backend in TRITON_BACKENDS:
+        from . import triton_ops  # noqa: F401  (defines torch.ops.mixdq.triton_*)
 
 
 def _int_mm_ok(m: int, k: int, n: int) -> bool:
@@ -68,6 +91,7 @@ class _Gemm(nn.Module):
     def __init__(self, q: torch.Tensor, act: SliceQuant, int4: bool, backend: str,
                  kernel_size: tuple[int, int] | None = None):
         super().__init__()
+        check_backend(backend)
         self.act = act
         self.int4 = int4
         self.backend = backend
@@ -86,11 +110,35 @@ class _Gemm(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act
+        if self.backend == "triton":
+            return torch.ops.mixdq.triton_quantize_act(x, a.scale, a.zero_point, a.bits, K_ALIGN)
         return torch.ops.mixdq.quantize_act(x, a.scale, a.zero_point, a.bits, K_ALIGN)
+
+    def linear(self, x, weight_scale, bias, out_dtype):
+        """Float ``x`` -> quantize -> GEMM (one kernel with the fused-quantize backend)."""
+        if self.backend == "triton_fused":
+            a = self.act
+            return torch.ops.mixdq.triton_linear(x, self.weight, self.weight_sum, weight_scale,
+                                                 a.scale, a.zero_point, bias, out_dtype,
+                                                 self.int4, a.bits)
+        return self.matmul(self.quantize(x), weight_scale, bias, out_dtype)
+
+    def conv_float(self, x, weight_scale, bias, out_dtype, stride, padding, dilation):
+        """Float NHWC ``x`` -> quantize -> implicit-GEMM conv."""
+        if self.backend == "triton_fused":
+            a = self.act
+            return torch.ops.mixdq.triton_conv2d(x, self.weight, self.weight_sum, self.tap_sum,
+                                                 weight_scale, a.scale, a.zero_point, bias,
+                                                 list(self.kernel_size), stride, padding,
+                                                 dilation, out_dtype, self.int4, a.bits)
+        return self.conv(self.quantize(x), weight_scale, bias, out_dtype, stride, padding,
+                         dilation)
 
     def matmul(self, xq, weight_scale, bias, out_dtype):
         a, n = self.act, self.weight.shape[0]
         args = (self.weight_sum, weight_scale, a.scale, a.zero_point, bias, out_dtype)
+        if self.backend in TRITON_BACKENDS:
+            return torch.ops.mixdq.triton_linear(xq, self.weight, *args, self.int4, a.bits)
         if self.int4:
             return torch.ops.mixdq.w4a8_linear(xq, self.weight, *args)
         k = xq.shape[-1]
@@ -103,6 +151,10 @@ class _Gemm(nn.Module):
     def conv(self, xq, weight_scale, bias, out_dtype, stride, padding, dilation):
         a = self.act
         args = (self.weight_sum, self.tap_sum, weight_scale, a.scale, a.zero_point, bias)
+        if self.backend in TRITON_BACKENDS:
+            return torch.ops.mixdq.triton_conv2d(xq, self.weight, *args, list(self.kernel_size),
+                                                 stride, padding, dilation, out_dtype,
+                                                 self.int4, a.bits)
         if self.int4:
             return torch.ops.mixdq.w4a8_conv2d(xq, self.weight, *args, list(self.kernel_size),
                                                stride, padding, dilation, out_dtype)
@@ -130,12 +182,13 @@ class IntLinear(nn.Module):
             bias: ``[out]`` or None (kept in float32).
             act: the input quantizer (covering all ``in`` features).
             bos_row: float32 ``[out]``, the precomputed output of the BOS token, or None.
-            backend: ``"kernels"`` (mixdq GEMM) or ``"int_mm"`` (torch._int_mm + dequantize; int8
-                weights only, int4 always uses the mixdq GEMM).
+            backend: one of :data:`BACKENDS`: ``"kernels"`` (mixdq GEMM), ``"int_mm"``
+                (torch._int_mm + dequantize; int8 weights only, int4 uses the mixdq GEMM),
+                ``"triton"`` or ``"triton_fused"`` (Triton; quantize fused into the GEMM).
+                :meth:`set_backend` changes it later (the weight layout is the same).
         """
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        check_backend(backend)
         self.out_features, self.in_features = qweight.shape
         self.w_bits, self.a_bits = w_bits, act.bits
         self.gemm = _Gemm(qweight, act, w_bits <= 4, backend)
@@ -151,9 +204,18 @@ class IntLinear(nn.Module):
         return self._forward(x)
 
     def _forward(self, x):
-        xq = self.gemm.quantize(x.detach())
-        y = self.gemm.matmul(xq, self.weight_scale, self.bias, _out_dtype(x))
+        y = self.gemm.linear(x.detach(), self.weight_scale, self.bias,
+                             _out_dtype(x, self.gemm.backend))
         return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    @property
+    def backend(self) -> str:
+        return self.gemm.backend
+
+    def set_backend(self, backend: str) -> None:
+        """Run this layer on another backend (same buffers; every backend is bit-exact)."""
+        check_backend(backend)
+        self.gemm.backend = backend
 
     @torch.no_grad()
     def accumulators(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -163,8 +225,7 @@ class IntLinear(nn.Module):
         """
         if self.bos_row is not None and x.dim() == 3 and x.shape[1] > 1:
             x = x[:, 1:]
-        xq = self.gemm.quantize(x)
-        return [self.gemm.matmul(xq, self.weight_scale, None, torch.int32)]
+        return [self.gemm.linear(x, self.weight_scale, None, torch.int32)]
 
     def extra_repr(self) -> str:
         storage = "int4" if self.gemm.int4 else "int8"
@@ -192,8 +253,7 @@ class IntConv2d(nn.Module):
             stride, padding, dilation: of the convolution (zero padding, one group).
         """
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        check_backend(backend)
         n, c, kh, kw = qweight.shape
         bounds = [(a.start, a.stop) for a in acts]
         if not acts or bounds[0][0] != 0 or bounds[-1][1] != c or any(
@@ -213,17 +273,26 @@ class IntConv2d(nn.Module):
         xs = x.detach().permute(0, 2, 3, 1)  # NHWC view; contiguous if x is channels last
         for i, part in enumerate(self.parts):
             xi = xs if len(self.parts) == 1 else xs[..., part.act.start:part.act.stop]
-            xq = part.quantize(xi)
             b = self.bias if bias and i == 0 else None
             if self.pointwise:
-                yield part.matmul(xq, self.weight_scale, b, out_dtype)
+                yield part.linear(xi, self.weight_scale, b, out_dtype)
             else:
-                yield part.conv(xq, self.weight_scale, b, out_dtype, self.stride, self.padding,
-                                self.dilation)
+                yield part.conv_float(xi, self.weight_scale, b, out_dtype, self.stride,
+                                      self.padding, self.dilation)
+
+    @property
+    def backend(self) -> str:
+        return self.parts[0].backend
+
+    def set_backend(self, backend: str) -> None:
+        """Run this layer on another backend (same buffers; every backend is bit-exact)."""
+        check_backend(backend)
+        for part in self.parts:
+            part.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = None
-        for yi in self._parts(x, _out_dtype(x), bias=True):
+        for yi in self._parts(x, _out_dtype(x, self.backend), bias=True):
             y = yi if y is None else y + yi
         y = y.permute(0, 3, 1, 2)
         return y if y.dtype == x.dtype else y.to(x.dtype)

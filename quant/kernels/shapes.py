@@ -8,9 +8,7 @@ record each layer's input and output shapes.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
-from importlib import resources
 
 import torch
 from torch import nn
@@ -52,13 +50,9 @@ class GemmShape:
 
 def sdxl_unet_meta(config: dict | None = None) -> nn.Module:
     """The SDXL UNet (or one from ``config``) on the meta device."""
-    from diffusers import UNet2DConditionModel
+    from ..unet import random_unet, sdxl_unet_config
 
-    if config is None:
-        text = resources.files("quant.configs").joinpath("sdxl_unet.json").read_text()
-        config = json.loads(text)
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(config)
+    return random_unet(config if config is not None else sdxl_unet_config(), meta=True)
 
 
 def unet_inputs(unet: nn.Module, resolution: int, batch: int, device, dtype) -> dict:

@@ -42,7 +42,7 @@ def resolve_model(model: str) -> str:
 
         return str(tiny_path())
     if model == "proxy":  # the trained proxy shipped with the package (quant/proxy)
-        from ..proxy.model import require_pipeline_dir
+        from .proxy_files import require_pipeline_dir
 
         return str(require_pipeline_dir())
     path = Path(model).expanduser()

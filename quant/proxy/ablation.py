@@ -68,18 +68,18 @@ def _variants():
     }
 
 
-def _bit_map(spec, unet, sens_csv: Path):
-    from ..bitalloc import AllocConfig, Budget, SensitivityTable, allocate, read_protect_list
+def _bit_map(how, unet, sens_csv: Path, out: Path):
+    """A uniform bit map, or the allocate stage's (written to ``out``) from the table."""
     from ..bitmap import BitMap
+    from ..stages import AllocateOptions, allocate
     from ..structure import quantizable_layers
 
-    if spec[0] == "uniform":
-        return BitMap.uniform(quantizable_layers(unet), spec[1], spec[2])
-    _, w, a, metric = spec
-    table = SensitivityTable.read(sens_csv)
-    protect = read_protect_list(sens_csv.with_name(sens_csv.stem + ".protect.txt"), table.layers)
-    config = AllocConfig(content_metric=metric)
-    return allocate(table, Budget.bits(w), Budget.bits(a), config, protect).bit_map
+    if how[0] == "uniform":
+        return BitMap.uniform(quantizable_layers(unet), how[1], how[2])
+    _, w, a, metric = how
+    options = AllocateOptions(weight_bits=w, act_bits=a, content_metric=metric,
+                              protect=str(sens_csv.with_name(sens_csv.stem + ".protect.txt")))
+    return allocate(options, sens_csv, out, log=lambda line: None).bit_map
 
 
 def _scores(result: dict, unet) -> dict:
@@ -105,42 +105,47 @@ def run_ablation(out_dir: str | Path, config: AblationConfig = AblationConfig(),
     Returns:
         The report: settings and one row of scores per variant, as written to ``ablation.json``.
     """
-    from ..calib import CalibrationData, record_calibration
-    from ..models import load_fp_pipeline
+    from ..calib import CalibrationData
     from ..quantize import quantize_unet
-    from ..sensitivity import SensitivityConfig, run_sensitivity
+    from ..stages import (CalibrateOptions, ModelSpec, SensitivityOptions, calibrate,
+                          sensitivity)
     from .grid import save_grid
     from .metrics import eval_captions, evaluate
 
     out = Path(out_dir)
     captions = eval_captions("all", config.eval_repeats)
     calib_dir, sens_csv = out / "calib", out / "sensitivity" / "sens.csv"
-    pipe = load_fp_pipeline(MODEL, device)
+    model = ModelSpec(MODEL, device=None if device is None else str(device))
+    pipe = model.load()
     # A seeded sample, not the first N: captions come in grammar order, and the first few share
     # one colour and shape, which would leave the activation ranges too narrow for the rest.
     train = eval_captions("train", 1)
     calib_captions = random.Random(config.seed).sample(train, min(config.calib_prompts, len(train)))
     if not (calib_dir / "manifest.json").exists():
         log(f"[ablation] calibrating on {len(calib_captions)} training captions")
-        record_calibration(pipe, calib_captions, calib_dir, batch_size=config.batch_size,
-                           seed=config.seed, model_name=MODEL, progress=progress)
+        source = out / "calib-prompts.txt"
+        write_text(source, "".join(c + "\n" for c in calib_captions))
+        calibrate(model, CalibrateOptions(prompts=str(source), num_prompts=len(calib_captions),
+                                          batch_size=config.batch_size, seed=config.seed,
+                                          no_progress=not progress), calib_dir, log=log)
     if not sens_csv.exists():
         log("[ablation] measuring layer sensitivity (SQNR for all, SSIM for content layers)")
-        run_sensitivity(MODEL, calib_dir, sens_csv, SensitivityConfig(batch_size=config.batch_size),
-                        device=device, progress=progress)
+        sensitivity(model, SensitivityOptions(batch_size=config.batch_size,
+                                              no_progress=not progress),
+                    calib_dir, sens_csv, log=log)
     log(f"[ablation] full precision on {len(captions)} captions")
     fp = evaluate(pipe, captions, seed=config.seed)
     references = fp["images"]
     rows = {"fp": dict(_scores(fp, pipe.unet), description="full precision")}
     grid = {"fp": references}
-    for name, (description, spec, options) in _variants().items():
+    for name, (description, how, options) in _variants().items():
         cached = out / "variants" / f"{name}.json"
-        pipe = load_fp_pipeline(MODEL, device)
+        pipe = model.load()
         if cached.exists():
             rows[name] = json.loads(cached.read_text())
             continue
         log(f"[ablation] {name}: {description}")
-        bit_map = _bit_map(spec, pipe.unet, sens_csv)
+        bit_map = _bit_map(how, pipe.unet, sens_csv, out / "variants" / f"{name}.bitmap.json")
         batches = CalibrationData(calib_dir).batches(config.batch_size, device=pipe.unet.device)
         quantize_unet(pipe.unet, bit_map, batches, progress=False, **options)
         result = evaluate(pipe, captions, seed=config.seed, reference_images=references)

@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import MixDQError
+from ..unet import sqnr_db  # noqa: F401  (re-exported)
 from .classifier import AttributeClassifier
 from .model import check_resolution, classifier_file
 from .scenes import ATTRIBUTES, SPLITS, Scene, render_caption
@@ -78,13 +77,6 @@ def content_scores(classifier: AttributeClassifier, images: torch.Tensor,
         right = sum(getattr(p, name) == getattr(t, name) for p, t in zip(pred, truth))
         scores[f"{name}_acc"] = right / len(truth)
     return scores
-
-
-def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
-    """``10 log10(sum ref^2 / sum (test - ref)^2)`` in dB (inf when identical)."""
-    ref = reference.double()
-    err = (test.double() - ref).pow(2).sum().item()
-    return float("inf") if err == 0 else 10 * math.log10(ref.pow(2).sum().item() / err)
 
 
 def fidelity(images: torch.Tensor, references: torch.Tensor) -> dict[str, float]:

@@ -8,11 +8,12 @@ package as a diffusers folder whose weights are stored in float16 (they load as 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
 from ..errors import MixDQError
+from ..models.proxy_files import (TRAIN_HINT, classifier_file, pipeline_dir,  # noqa: F401
+                                  require_pipeline_dir, weights_root)
 from ..models.tiny import TinyConfig, build_tiny_pipeline
 
 RESOLUTION = 32  # image side in pixels
@@ -26,34 +27,6 @@ def proxy_config(seed: int = 0) -> TinyConfig:
 def build_untrained(seed: int = 0):
     """The proxy pipeline with freshly initialised weights (deterministic from ``seed``)."""
     return build_tiny_pipeline(proxy_config(seed))
-
-
-def weights_root() -> Path:
-    """Folder of the shipped weights: ``pipeline/`` (diffusers) and ``classifier.safetensors``."""
-    return Path(__file__).parent / "weights"
-
-
-def pipeline_dir() -> Path:
-    return weights_root() / "pipeline"
-
-
-def classifier_file() -> Path:
-    return weights_root() / "classifier.safetensors"
-
-
-TRAIN_HINT = "train them with `python scripts/train_proxy.py` (about 40 minutes on one CPU core)"
-
-
-def require_pipeline_dir() -> Path:
-    """The shipped pipeline folder.
-
-    Raises:
-        MixDQError: the weights are missing, with the command that makes them.
-    """
-    path = pipeline_dir()
-    if not (path / "model_index.json").is_file():
-        raise MixDQError(f"--model proxy: no trained weights in {path}; {TRAIN_HINT}")
-    return path
 
 
 def encode_text(pipe, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,6 @@ evaluations per layer of a default run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import defaultdict
 
@@ -32,13 +31,9 @@ from .replay import TOP_LEVEL, ReplayEngine, run_unet
 def sdxl_unet_random(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                      std: float = 0.02, seed: int = 0) -> nn.Module:
     """The SDXL UNet configuration with shared random weights (see the module docstring)."""
-    from importlib import resources
+    from ..unet import random_unet, sdxl_unet_config
 
-    from diffusers import UNet2DConditionModel
-
-    config = json.loads(resources.files("quant.configs").joinpath("sdxl_unet.json").read_text())
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
+    unet = random_unet(sdxl_unet_config(), meta=True)
     largest = max(p.numel() for p in unet.parameters() if p.dim() > 1)
     generator = torch.Generator().manual_seed(seed)
     pool = (torch.randn(largest, generator=generator) * std).to(device, dtype)

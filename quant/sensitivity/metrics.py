@@ -2,10 +2,11 @@
 
 SSIM follows the original: images at the decoded resolution (``size=None``, method ``paper``)
 and a uniform window one pixel short of the side (the original's 511 for 512 px; rounded down to
-odd for an odd side): nearly global means, contrasts and correlation. At full resolution those statistics still see blur and texture (a 5x5 blur of a
-512 px image scores about 0.72). Optionally (``size=N``) both images are first area-downsampled
-by an integer factor to at most ``N`` pixels; that is cheaper but blind to blur (the same blur
-then scores 0.999), so it is not the default.
+odd for an odd side): nearly global means, contrasts and correlation. At full resolution those
+statistics still see blur and texture (a 5x5 blur of a 512 px image scores about 0.72).
+Optionally (``size=N``) both images are first area-downsampled by an integer factor to at most
+``N`` pixels; that is cheaper but blind to blur (the same blur then scores 0.999), so it is not
+the default.
 
 :func:`uniform_ssim` gives torchmetrics' uniform-kernel SSIM numbers (reflection padding, the
 map averaged over every pixel) from integral images: about 0.1 s per 512 px image on one CPU

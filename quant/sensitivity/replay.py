@@ -26,18 +26,13 @@ import torch
 from torch import nn
 
 from ..errors import MixDQError
+from ..unet import UNET_INPUTS, run_unet
 
 # Only the UNet's top-level blocks and leaves: caching the inputs of the layer's block.
 TOP_LEVEL = ("down_blocks", "up_blocks")
 DEFAULT_CONTAINERS = ("down_blocks", "up_blocks", "resnets", "attentions", "downsamplers",
                       "upsamplers", "transformer_blocks")
-UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond")
-
-
-def run_unet(unet: nn.Module, batch: dict) -> torch.Tensor:
-    """``unet``'s output on one calibration batch (inputs already on its device and dtype)."""
-    kwargs = {k: batch[k] for k in UNET_KEYS if batch.get(k) is not None}
-    return unet(**kwargs, return_dict=False)[0]
+UNET_KEYS = UNET_INPUTS
 
 
 def unit_candidates(model: nn.Module, containers: Iterable[str] = DEFAULT_CONTAINERS) -> list[str]:

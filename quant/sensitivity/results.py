@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import MixDQError
+from ..protect import read_protect_list
 from ..utils.io import write_text
 
 COLUMNS = ("layer", "group", "target", "bits", "sqnr_db", "ssim", "size")
@@ -264,9 +265,4 @@ def format_protect(names: list[str], rows: list[Row], fraction: float,
 
 def read_protect(path: str | os.PathLike) -> list[str]:
     """Layer names of a protect-list file (blank lines and ``#`` comments skipped)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MixDQError(f"{path}: cannot read the protect list ({type(e).__name__})") from None
-    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    return [n for n in names if n]
+    return read_protect_list(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..calib.store import MANIFEST
 from ..errors import MixDQError
+from ..models.spec import ModelSpec
 from ..utils.io import write_json, write_text
 from .config import SensitivityConfig
 from .dist import Distributed
@@ -119,8 +120,8 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _settings(model: str, calib, config: SensitivityConfig, quantized_base, device, dtype,
-              names: list[str]) -> dict:
+def _settings(spec: ModelSpec, calib, config: SensitivityConfig, quantized_base, device,
+              dtype, names: list[str]) -> dict:
     base = None
     if quantized_base is not None:
         from ..checkpoint import CONFIG_FILE, read_config
@@ -128,7 +129,9 @@ def _settings(model: str, calib, config: SensitivityConfig, quantized_base, devi
         read_config(quantized_base)
         base = {"path": str(quantized_base),
                 "config_sha256": _digest((Path(quantized_base) / CONFIG_FILE).read_bytes())}
-    return {"format": FORMAT, "version": VERSION, "model": model,
+    # a LoRA changes the weights: recorded (only when there is one, so older parts still match)
+    lora = {} if spec.lora is None else {"lora": {"path": spec.lora, "scale": spec.lora_scale}}
+    return {"format": FORMAT, "version": VERSION, "model": spec.model, **lora,
             "calibration": {"path": str(calib.path),
                             "manifest_sha256": _digest((calib.path / MANIFEST).read_bytes())},
             "quantized_base": base, "config": config.to_dict(), "device": device.type,
@@ -155,7 +158,7 @@ def _check_settings(parts: Path, settings: dict, dist: Distributed) -> None:
     dist.barrier()
 
 
-def run_sensitivity(model: str, calib_dir: str | Path, out: str | Path,
+def run_sensitivity(model: ModelSpec | str, calib_dir: str | Path, out: str | Path,
                     config: SensitivityConfig = SensitivityConfig(), *,
                     quantized_base: str | Path | None = None, device=None, dtype=None,
                     progress: bool = True) -> RunSummary:
@@ -164,32 +167,36 @@ def run_sensitivity(model: str, calib_dir: str | Path, out: str | Path,
     Resumable (rerun the same command) and shardable (run it under ``torchrun``).
 
     Args:
-        model: Hub id, local diffusers folder or ``tiny`` (the calibration's model).
+        model: the model (a :class:`ModelSpec`, its LoRA fused; or a plain model name, loaded
+            with ``device`` and ``dtype``): the calibration's model.
         calib_dir: the calibration folder (``mixdq calibrate --out``).
         out: the CSV to write; companions are named after it (see :class:`Outputs`).
         config: what to measure.
         quantized_base: a quantized checkpoint folder to measure on top of.
-        device: ``cpu``/``cuda``; under torchrun on CUDA each rank uses its local GPU.
-        dtype: compute dtype request (see :func:`quant.precision.resolve_dtype`); default
-            ``config.dtype`` (float32, the original's, unless the ``fp16_sensitivity`` switch).
+        device, dtype: with a plain model name: ``cpu``/``cuda`` and the compute dtype
+            request; under torchrun on CUDA each rank uses its local GPU. Without a dtype (here
+            or in the spec) the measurement runs in ``config.dtype`` (float32, the original's,
+            unless the ``fp16_sensitivity`` switch).
         progress: a tqdm bar over evaluations (rank 0).
 
     Returns:
         A :class:`RunSummary` (on rank 0 with the merged results; other ranks get theirs).
     """
     from ..calib import CalibrationData
-    from ..models import load_fp_pipeline
     from ..structure import quantizable_layers
 
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, device, dtype)
     outputs = Outputs(Path(out))
     if outputs.csv.suffix.lower() != ".csv":
         raise MixDQError(f"--out {out}: the sensitivity table must be a .csv file")
     calib = CalibrationData(calib_dir)
-    with Distributed(device) as dist:
-        pipe = load_fp_pipeline(model, device=dist.device, dtype=dtype or config.dtype)
+    if spec.dtype is None:
+        spec = dataclasses.replace(spec, dtype=config.dtype)
+    with Distributed(spec.device) as dist:
+        pipe = spec.load(device=dist.device)
         names = config.select(list(quantizable_layers(pipe.unet)))
         unet_dtype = pipe.unet.dtype
-        settings = _settings(model, calib, config, quantized_base, dist.device, unet_dtype, names)
+        settings = _settings(spec, calib, config, quantized_base, dist.device, unet_dtype, names)
         outputs.parts.mkdir(parents=True, exist_ok=True)
         _check_settings(outputs.parts, settings, dist)
         log = LayerLog(outputs.parts / f"rank-{dist.rank:05d}.jsonl")

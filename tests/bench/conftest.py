@@ -34,16 +34,16 @@ def extractor():
 
 
 @pytest.fixture(scope="session")
-def coco_prompts(shared_data):
-    """The first 16 prompts of the real COCO val2017 captions, as the prompt loader reads them."""
+def coco_prompts(bundled_data):
+    """The first 16 bundled COCO val2017 captions, as the prompt loader reads them."""
     from quant.calib.prompts import load_prompts
 
-    return load_prompts(os.path.join(shared_data, "coco_captions_val2017.json"), num_prompts=16)
+    return load_prompts(os.path.join(bundled_data, "coco_captions_val2017.json"), num_prompts=16)
 
 
 @pytest.fixture(scope="session")
-def tiny_clip_dir(shared_data, tmp_path_factory):
-    """A tiny random CLIPModel + CLIPProcessor (real CLIP tokenizer) saved as a local folder."""
+def tiny_clip_dir(bundled_data, tmp_path_factory):
+    """A tiny random CLIPModel + CLIPProcessor (the shipped CLIP tokenizer) saved as a folder."""
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     try:  # transformers 5: the PIL backend, which needs no torchvision
@@ -51,7 +51,7 @@ def tiny_clip_dir(shared_data, tmp_path_factory):
     except ImportError:
         from transformers import CLIPImageProcessor as ImageProcessor
 
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(shared_data, "clip_tokenizer"),
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(bundled_data, "clip_tokenizer"),
                                               model_max_length=77)
     image_processor = ImageProcessor(size={"shortest_edge": 32},
                                             crop_size={"height": 32, "width": 32})

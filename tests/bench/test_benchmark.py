@@ -136,12 +136,12 @@ def test_single_prompt_reports_why_fid_is_missing(tiny_dir, quant_dirs, extracto
     assert isinstance(report["variants"][1]["metrics"]["ssim_vs_fp"], float)
 
 
-def test_cli_benchmark_with_quantized_folders(tiny_dir, quant_dirs, shared_data, coco_prompts,
+def test_cli_benchmark_with_quantized_folders(tiny_dir, quant_dirs, bundled_data, coco_prompts,
                                              tmp_path, capsys):
     """The CLI end to end, offline: built-in stand-in metric networks, real quantized folders."""
     import os
 
-    coco = os.path.join(shared_data, "coco_captions_val2017.json")
+    coco = os.path.join(bundled_data, "coco_captions_val2017.json")
     out = tmp_path / "report"
     assert main(["benchmark", "--model", str(tiny_dir), "--device", "cpu", "--prompts", coco,
                  "--num-prompts", "3", "--inception", "tiny", "--clip", "tiny",

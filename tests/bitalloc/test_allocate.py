@@ -52,8 +52,8 @@ def split_caps(lo, hi, capacity, ratio):
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 1.0])
 def test_split_groups_are_optimal_against_brute_force(make_table, seed, ratio):
     table = make_table(seed, layers=6)
-    config = AllocConfig(act_candidates={"content": (4, 6, 8), "quality": (4, 6, 8)}, mode="split", band=None,
-                         split_ratios=(ratio,))
+    config = AllocConfig(act_candidates={"content": (4, 6, 8), "quality": (4, 6, 8)},
+                         mode="split", band=None, split_ratios=(ratio,))
     obj = Objective(table, "act", config)
     lo_all, hi_all, total = cost_range(table, "act", config)
     budget = Budget.bits(f"{(lo_all + 0.45 * (hi_all - lo_all)) / total:.3f}")

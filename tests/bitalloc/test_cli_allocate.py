@@ -73,7 +73,7 @@ def test_sweep_writes_csv_and_png(sens, tmp_path, capsys):
      "weight budget 1 average bits cannot be met: allocations range from "),
     (["--weight-bits", "4", "--act-bits", "3"], "act budget 3 average bits cannot be met"),
     (["--weight-bits", "four", "--act-bits", "8"], "budget 'four' is not a number"),
-    ([], "give a budget: --weight-bits W (or --weight-mb MB) and/or --act-bits A"),
+    ([], "give a budget: weight_bits (or weight_mb) and/or act_bits"),
     (["--weight-bits", "4", "--act-bits", "8", "--weight-candidates", "quality=3,4"],
      r"has no row for candidate 3 bits"),
     (["--weight-bits", "4", "--act-bits", "8", "--act-candidates", "style=4"],

@@ -14,7 +14,7 @@ def brute_force(losses, costs, capacity):
     for picks in itertools.product(*(range(len(r)) for r in losses)):
         cost = sum(c[k] for c, k in zip(costs, picks))
         if cost <= capacity:
-            loss = math.fsum(l[k] for l, k in zip(losses, picks))
+            loss = math.fsum(row[k] for row, k in zip(losses, picks))
             best = loss if best is None else min(best, loss)
     return best
 

@@ -1,7 +1,7 @@
 """On the tiny model: an allocated W4A8-average bit map beats uniform W4A8 at the same bytes.
 
-The sensitivities are measured directly by ``scripts/bench_bitalloc.py`` (one layer quantized at
-a time, UNet-output SQNR), so this test runs that script's check rather than a copy of it.
+``scripts/bench_bitalloc.py`` runs the calibrate and sensitivity stages and then the allocator,
+so this test runs that script's check rather than a copy of it.
 """
 
 import importlib.util
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_bitalloc.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "bench_bitalloc.py"
+PROMPTS = ROOT / "configs" / "prompts" / "coco2017_val_first1024.txt"  # bundled COCO captions
 
 
 def load_bench():
@@ -20,11 +22,12 @@ def load_bench():
 
 
 @pytest.mark.slow
-def test_allocated_w4a8_beats_uniform_on_tiny(tiny_pipe, shared_data):
+def test_allocated_w4a8_beats_uniform_on_tiny(tiny_dir):
     from quant.calib import load_prompts
+    from quant.stages import ModelSpec
 
-    prompts = load_prompts(str(Path(shared_data) / "coco_captions_val2017.json"), num_prompts=4)
-    table, results = load_bench().compare_on_tiny(tiny_pipe, prompts,
+    prompts = load_prompts(str(PROMPTS), num_prompts=4)
+    table, results = load_bench().compare_on_tiny(ModelSpec(str(tiny_dir), "cpu"), prompts,
                                                   only=("joint", "joint, normalize none"))
     assert len(table.layers) == 263
     uniform, joint = results["uniform W4A8"], results["joint"]

@@ -25,8 +25,8 @@ def hook_count(unet) -> int:
     return len(unet._forward_pre_hooks) + len(unet._forward_hooks)
 
 
-def test_cli_coco_json_records_first_captions(tiny_dir, shared_data, tmp_path, capsys):
-    coco = f"{shared_data}/coco_captions_val2017.json"
+def test_cli_coco_json_records_first_captions(tiny_dir, data_dir, tmp_path, capsys):
+    coco = f"{data_dir}/coco_captions_val2017.json"
     out = tmp_path / "coco"
     assert main(["calibrate", "--model", str(tiny_dir), "--prompts", coco, "--num-prompts", "8",
                  "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
@@ -44,10 +44,10 @@ def test_cli_coco_json_records_first_captions(tiny_dir, shared_data, tmp_path, c
     assert "8 prompts" in capsys.readouterr().out
 
 
-def test_cli_coco30k_csv_and_noop_rerun(tiny_dir, shared_data, tmp_path, capsys):
+def test_cli_coco30k_csv_and_noop_rerun(tiny_dir, data_dir, tmp_path, capsys):
     import csv
 
-    path = f"{shared_data}/coco30k_val2014_prompts.csv"
+    path = f"{data_dir}/coco30k_val2014_prompts.csv"
     with open(path, encoding="utf-8", newline="") as f:
         first = next(csv.DictReader(f))["text"]
     out = tmp_path / "csv"
@@ -68,12 +68,12 @@ def test_cli_coco30k_csv_and_noop_rerun(tiny_dir, shared_data, tmp_path, capsys)
     (["--prompts", "missing.json"], "does not exist"),
     (["--prompts", "FILE.yaml"], "unknown prompt file format"),
     (["--prompts", "CSV", "--column", "caption"], "no column 'caption'"),
-    (["--prompts", "CSV", "--num-prompts", "0"], "--num-prompts must be a positive integer"),
+    (["--prompts", "CSV", "--num-prompts", "0"], "calibrate.num_prompts: must be positive, got 0"),
 ])
-def test_cli_errors_are_one_line(shared_data, tmp_path, capsys, extra, match):
+def test_cli_errors_are_one_line(data_dir, tmp_path, capsys, extra, match):
     (tmp_path / "FILE.yaml").write_text("a: 1\n")
     extra = [str(tmp_path / "FILE.yaml") if a == "FILE.yaml" else
-             f"{shared_data}/coco30k_val2014_prompts.csv" if a == "CSV" else a for a in extra]
+             f"{data_dir}/coco30k_val2014_prompts.csv" if a == "CSV" else a for a in extra]
     assert main(["calibrate", "--model", "tiny", "--out", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err

@@ -13,11 +13,11 @@ from quant.quantize import output_sqnr
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tiny_dir, shared_data, tmp_path_factory):
-    """4 COCO prompts recorded with the real ``mixdq calibrate``."""
+def calib_dir(tiny_dir, bundled_data, tmp_path_factory):
+    """4 bundled COCO prompts recorded with the real ``mixdq calibrate``."""
     out = tmp_path_factory.mktemp("cli") / "calib"
     assert main(["calibrate", "--model", str(tiny_dir), "--prompts",
-                 f"{shared_data}/coco_captions_val2017.json", "--num-prompts", "4",
+                 f"{bundled_data}/coco_captions_val2017.json", "--num-prompts", "4",
                  "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
     return out
 
@@ -73,13 +73,14 @@ def test_quantize_with_a_bit_map_file(tiny_dir, calib_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, match", [
-    ([], "give --bit-map FILE, or --w-bits B and --a-bits B"),
-    (["--bit-map", "B", "--w-bits", "8"], "either --bit-map or --w-bits/--a-bits"),
+    ([], r"give bit_map FILE, or w_bits B and a_bits B"),
+    (["--bit-map", "B", "--w-bits", "8"], "either bit_map or w_bits/a_bits"),
     (["--w-bits", "9", "--a-bits", "8"], "unsupported weight bit width 9; supported: 2, 3"),
     (["--w-bits", "8", "--a-bits", "3"], "unsupported activation bit width 3; supported: 4, 5"),
     (["--bit-map", "BAD"], "unknown layer 'nope'"),
     (["--bit-map", "MISSING"], "bit map .*: no such file"),
-    (["--w-bits", "8", "--a-bits", "8", "--momentum", "1.5"], "momentum must be in"),
+    (["--w-bits", "8", "--a-bits", "8", "--momentum", "1.5"],
+     r"quantize.momentum: must be in \[0, 1\]"),
     (["--w-bits", "8", "--a-bits", "8", "--calib", "NOCALIB"], "does not exist"),
 ])
 def test_quantize_errors_are_one_line(tiny_dir, calib_dir, tmp_path, capsys, args, match):

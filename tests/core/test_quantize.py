@@ -11,9 +11,9 @@ from torch import nn
 
 from quant.bitmap import BitMap, LayerBits
 from quant.errors import MixDQError
+from quant.measure import Setting, format_sqnr_table, sqnr_table
 from quant.qmodules import QuantConv2d, QuantLinear
 from quant.quantize import concat_splits, output_sqnr, prepare, quantize_unet, run_unet
-from quant.report import Setting, format_sqnr_table, sqnr_table
 from quant.structure import is_cross_attention_kv, quantizable_layers
 
 
@@ -169,7 +169,8 @@ def test_sqnr_table_orderings(session_pipe, calib_batches, outlier_batches):
 
 
 def test_bos_handling_isolated(session_pipe, outlier_batches, calib_batches):
-    """Only the cross-attention k/v inputs quantized (A8): BOS handling removes the outlier's harm."""
+    """Only the cross-attention k/v inputs quantized (A8): BOS handling removes the outlier's
+    harm."""
     unet = session_pipe.unet
     names = list(quantizable_layers(unet))
     bm = BitMap({n: LayerBits(None, 8 if is_cross_attention_kv(n, unet) else None)

@@ -37,7 +37,7 @@ def test_moving_average_and_zero_inclusion():
     with torch.no_grad(), calibrate_activations(net, momentum=0.9) as cal:
         for x in xs:
             net(x)
-    lo, hi = 0.0, float(xs[0].max())  # inputs are positive: the range starts at 0
+    hi = float(xs[0].max())  # inputs are positive: the range starts at 0
     for x in xs[1:]:
         hi = 0.9 * hi + 0.1 * float(x.max())
     (got_lo, got_hi), = net.a.act_range

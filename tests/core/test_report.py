@@ -8,9 +8,9 @@ import torch
 
 from quant.bitmap import BitMap, LayerBits
 from quant.checkpoint import WEIGHTS_FILE, save_quantized
+from quant.measure import format_size_table, measure_checkpoint_sizes, random_unet
 from quant.quantize import prepare
-from quant.report import (format_size_table, measure_checkpoint_sizes, planned_report,
-                          quantization_report, random_unet, safetensors_sizes, weight_bytes)
+from quant.report import planned_report, quantization_report, safetensors_sizes, weight_bytes
 from quant.structure import quantizable_layers
 
 

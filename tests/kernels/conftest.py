@@ -1,9 +1,18 @@
-"""Fixtures of the kernel tests: the host emulator of the CUDA kernel source, and the device."""
+"""Fixtures of the kernel tests: the host emulator of the CUDA kernel source, and the device.
 
+Without a CUDA device the Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET``
+must be set before ``quant.kernels.triton_ops`` decorates them, so it is set here, at
+collection, before any test module imports it.
+"""
+
+import os
 import shutil
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 @pytest.fixture(scope="session")
 def emulator(request):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quant.kernels.bench import bench_shape, format_results
-from quant.kernels.bench_unet import UNetResult, format_unet_results
+from quant.deploy_bench import UNetResult, format_unet_results
 from quant.kernels.shapes import GemmShape, distinct_shapes, sdxl_unet_meta
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,12 +41,22 @@ def _cpu_timer(fn):
     GemmShape("conv2d", 30, 16, 32, 1, 6, 5, 32, (1, 1), (1, 1), (0, 0)),
 ])
 def test_bench_shape_runs_on_references(shape):
+    import importlib.util
+
     r = bench_shape(shape, 3, 64, 1, timer=_cpu_timer, device="cpu")
     assert r.fp16 > 0 and r.w8a8 > 0 and r.w4a8 > 0 and r.w8a8_quant > 0
+    from quant.kernels.backends import triton_available
+
+    has_triton = importlib.util.find_spec("triton") is not None and triton_available("cpu")
+    assert (r.triton is not None) == (r.triton_fused is not None) == has_triton
+    assert r.mismatches == []  # every integer path's output bits equal the reference's
     assert (r.int_mm is not None) == (shape.kernel == (1, 1) and shape.M > 16)
     assert r.w8a8_config in (0, 1, 2, 3)
     text = format_results([r])
     assert shape.label in text and "count-weighted" in text
+    assert "bit-exact: all paths, all shapes" in text
+    r.mismatches.append("tri-f")
+    assert "MISMATCH" in format_results([r])
 
 
 def test_unet_table():
@@ -65,3 +75,39 @@ def test_scripts_say_why_without_cuda(script):
     assert proc.returncode == 1
     assert proc.stderr.strip().endswith("no CUDA device; nothing to benchmark")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unet_matrix_dry_run_on_cpu(tiny_dir, tmp_path, monkeypatch):
+    """The whole-UNet flow of scripts/gpu_verify.sh on the tiny UNet, on CPU: build, quantize,
+    convert (auto backend, merged projections), tune, time; then the table."""
+    import json
+
+    from quant.deploy_bench import (
+        bench_unet_matrix,
+        format_unet_matrix,
+        mixed_bit_map,
+    )
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # time the references and _int_mm only
+    config = json.loads((tiny_dir / "unet" / "config.json").read_text())
+    logs = []
+    rows = bench_unet_matrix(("fp16", "w8a8", "w4a8", "mixed"), ((64, 1), (128, 2)), iters=1,
+                             device="cpu", config=config, tune_cache=tmp_path / "t.json",
+                             log=logs.append)
+    assert [(r.variant, r.resolution, r.batch) for r in rows] == [
+        (v, r, b) for r, b in ((64, 1), (128, 2)) for v in ("fp16", "w8a8", "w4a8", "mixed")]
+    assert all(r.note == "" and r.graph_ms > 0 for r in rows), [r.note for r in rows]
+    weights = {r.variant: r.weight_mib for r in rows}
+    assert weights["w4a8"] < weights["mixed"] < weights["w8a8"] < weights["fp16"]
+    for r in rows:
+        if r.variant != "fp16":
+            assert set(r.backends) <= {"kernels", "int_mm"} and sum(r.backends.values()) > 0
+    assert json.loads((tmp_path / "t.json").read_text())  # the backend table was cached
+    text = format_unet_matrix(rows)
+    assert "## SDXL UNet 128x128, batch 2" in text and "w4a8" in text
+    names = [f"l{i}" for i in range(8)]
+    assert [mixed_bit_map(names)[n].w for n in names] == [8, 4, 4, 2] * 2
+    # a deadline in the past: every measurement is skipped, and said so
+    skipped = bench_unet_matrix(("fp16",), ((64, 1),), device="cpu", config=config,
+                                deadline=0.0, log=logs.append)
+    assert skipped[0].note == "skipped: time budget"

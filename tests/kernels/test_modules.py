@@ -5,6 +5,8 @@ own quantizers exactly, and the float outputs agree with the fake-quantized floa
 to float32 rounding.
 """
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,20 @@ from torch import nn
 from quant import quantizer
 from quant.deploy import build_integer_layer
 from quant.qmodules import QuantConv2d, QuantLinear
+
+_TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                             reason="triton not installed (pip install mixdq[triton])")
+
+
+def _skip_unrunnable(backend, device):
+    """Triton runs CUDA tensors, or CPU ones under the interpreter (the CPU-only CI)."""
+    if backend.startswith("triton"):
+        from quant.kernels.backends import triton_available
+
+        if not triton_available(device):
+            pytest.skip(f"Triton does not run on {device.type} tensors here")
+TRITON_BACKENDS = [pytest.param("triton", marks=_TRITON),
+                   pytest.param("triton_fused", marks=_TRITON)]
 
 
 def _sqnr(ref, x):
@@ -40,8 +56,9 @@ def _exact_linear_acc(layer, x):
 
 
 @pytest.mark.parametrize("w_bits,a_bits", [(8, 8), (4, 8), (2, 8), (5, 8), (8, 6), (3, 4)])
-@pytest.mark.parametrize("backend", ["kernels", "int_mm"])
+@pytest.mark.parametrize("backend", ["kernels", "int_mm"] + TRITON_BACKENDS)
 def test_linear_matches_simulation(device, w_bits, a_bits, backend):
+    _skip_unrunnable(backend, device)
     torch.manual_seed(w_bits * 10 + a_bits)
     lin = nn.Linear(40, 24).to(device)  # K = 40: padded to 48 inside
     x = torch.randn(3, 21, 40, device=device) * 2 + 0.5
@@ -87,7 +104,9 @@ CONVS = [  # in, out, kernel, stride, padding, split
 
 @pytest.mark.parametrize("cin,cout,k,stride,pad,split", CONVS)
 @pytest.mark.parametrize("w_bits", [8, 4])
-def test_conv_matches_simulation(device, cin, cout, k, stride, pad, split, w_bits):
+@pytest.mark.parametrize("backend", ["kernels"] + TRITON_BACKENDS)
+def test_conv_matches_simulation(device, cin, cout, k, stride, pad, split, w_bits, backend):
+    _skip_unrunnable(backend, device)
     torch.manual_seed(cin + cout + k)
     conv = nn.Conv2d(cin, cout, k, stride, pad).to(device)
     x = torch.randn(2, cin, 9, 10, device=device)
@@ -96,7 +115,7 @@ def test_conv_matches_simulation(device, cin, cout, k, stride, pad, split, w_bit
     sim = QuantConv2d.from_module(conv, w_bits, 8, name="conv", weight_scale="minmax",
                                   split=split)
     _calibrate(sim, x, sim.calibration_view(x)[1])
-    layer = build_integer_layer(sim.integer_form()).to(device)
+    layer = build_integer_layer(sim.integer_form(), backend).to(device)
     assert len(layer.parts) == (1 if split is None else 2)
     with torch.no_grad():
         y_sim, y = sim(x), layer(x)
@@ -123,3 +142,32 @@ def test_conv_output_is_channels_last_view():
     # the module survives Module.to(memory_format=...), which restrides 4-D tensors
     layer.to(memory_format=torch.channels_last)
     assert torch.equal(layer(x), y)
+
+
+@pytest.mark.parametrize("backend", ["int_mm"] + TRITON_BACKENDS)
+def test_backends_bit_identical(device, backend):
+    """Every backend gives the same output bits as the mixdq ops, linear (with BOS) and conv."""
+    _skip_unrunnable(backend, device)
+    torch.manual_seed(5)
+    x = torch.randn(2, 77, 48, device=device)
+    x[:, 0] = torch.linspace(-50, 50, 48)
+    sim = QuantLinear.from_module(nn.Linear(48, 40).to(device), 4, 8, name="attn2.to_v",
+                                  weight_scale="minmax", bos=True)
+    bos_input, slices = sim.calibration_view(x)
+    _calibrate(sim, x, slices)
+    sim.set_bos_input(bos_input[0])
+    xc = torch.randn(1, 48, 7, 6, device=device)
+    csim = QuantConv2d.from_module(nn.Conv2d(48, 24, 3, 1, 1).to(device), 8, 8,
+                                   weight_scale="minmax", split=16)
+    _calibrate(csim, xc, csim.calibration_view(xc)[1])
+    for s, inp in ((sim, x), (csim, xc)):
+        base = build_integer_layer(s.integer_form(), "kernels").to(device)
+        other = build_integer_layer(s.integer_form(), "kernels").to(device)
+        other.set_backend(backend)
+        assert other.backend == backend and backend in repr(other)
+        with torch.no_grad():
+            assert torch.equal(base(inp), other(inp))
+            for a, b in zip(base.accumulators(inp), other.accumulators(inp)):
+                assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown backend"):
+        other.set_backend("cutlass")

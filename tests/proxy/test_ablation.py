@@ -8,14 +8,27 @@ from quant.proxy.ablation import AblationConfig, _variants, markdown, run_ablati
 from quant.errors import MixDQError
 
 
-def test_variants_cover_the_ablation():
-    names = list(_variants())
-    assert names == ["naive-w8a8", "naive-w8a8+bos", "uniform-w4a8", "mixdq-sqnr-w4a8",
-                     "mixdq-w8a8", "mixdq-w4a8"]
-    specs = {n: (spec, opts) for n, (_, spec, opts) in _variants().items()}
-    assert specs["naive-w8a8"] == (("uniform", 8, 8), {"weight_scale": "minmax", "bos": False})
-    assert specs["naive-w8a8+bos"][1]["bos"] is True
-    assert specs["mixdq-sqnr-w4a8"][0][-1] == "sqnr" and specs["mixdq-w4a8"][0][-1] == "ssim"
+def test_every_variant_is_a_valid_stage_call():
+    """Each variant's bit-map recipe and quantize options are accepted by the stage API."""
+    import inspect
+
+    from quant.quantize import quantize_unet
+    from quant.stages import AllocateOptions, QuantizeOptions
+
+    accepted = set(inspect.signature(quantize_unet).parameters)
+    descriptions = [d for d, _, _ in _variants().values()]
+    assert len(set(descriptions)) == len(descriptions) == 6
+    kinds = set()
+    for name, (_, how, options) in _variants().items():
+        assert set(options) <= accepted, name
+        kinds.add(how[0])
+        if how[0] == "uniform":
+            QuantizeOptions(w_bits=how[1], a_bits=how[2],
+                            weight_scale=options.get("weight_scale", "mse"))
+        else:
+            _, w, a, metric = how
+            AllocateOptions(weight_bits=w, act_bits=a, content_metric=metric).alloc_config()
+    assert kinds == {"uniform", "allocate"}
     with pytest.raises(MixDQError):
         AblationConfig(calib_prompts=0)
 

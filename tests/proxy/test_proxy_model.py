@@ -18,7 +18,9 @@ def test_model_proxy_resolves_to_the_shipped_folder():
 
 
 def test_missing_weights_say_how_to_train(monkeypatch, tmp_path):
-    monkeypatch.setattr(proxy_model, "pipeline_dir", lambda: tmp_path / "pipeline")
+    from quant.models import proxy_files
+
+    monkeypatch.setattr(proxy_files, "pipeline_dir", lambda: tmp_path / "pipeline")
     with pytest.raises(MixDQError, match="train_proxy.py") as exc:
         resolve_model("proxy")
     assert "\n" not in str(exc.value)

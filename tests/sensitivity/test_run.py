@@ -163,3 +163,24 @@ def test_library_default_is_the_paper_method(tiny_dir, calib_dir, tmp_path):
     assert read_protect(out.with_name("sens.protect.txt")) == ["conv_out", LAYERS[0]]
     meter = SsimMeter(torch.rand(1, 3, 64, 64), config.ssim_config)
     assert meter.factor == 1 and meter.window == 63
+
+
+def test_lora_reaches_the_sensitivity_stage(finished, tiny_dir, tiny_lora, calib_dir, tmp_path,
+                                            capsys):
+    """``--lora`` is fused before measuring: the fused attention layers measure differently."""
+    out = tmp_path / "sens.csv"
+    assert main(args(tiny_dir, calib_dir, out, "--lora", str(tiny_lora))) == 0
+    plain = {(r.layer, r.target, r.bits): r.sqnr_db for r in read_csv(finished)}
+    fused = {(r.layer, r.target, r.bits): r.sqnr_db for r in read_csv(out)}
+    assert plain.keys() == fused.keys()
+    lora_layer = LAYERS[0]  # attn2.to_v: a LoRA target
+    changed = [k for k in plain if plain[k] != fused[k]]
+    assert changed and {k[0] for k in changed} >= {lora_layer}
+    settings = json.loads((tmp_path / "sens.csv.parts" / "settings.json").read_text())
+    assert settings["lora"] == {"path": str(tiny_lora), "scale": 1.0}
+    capsys.readouterr()
+    missing = tmp_path / "no-such-lora"
+    assert main(args(tiny_dir, calib_dir, tmp_path / "other.csv", "--lora", str(missing))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lora" in err and str(missing) in err
+    assert not (tmp_path / "other.csv.parts").exists()

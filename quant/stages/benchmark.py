@@ -1,0 +1,128 @@
+"""The benchmark stage: full precision vs quantized checkpoints (quality, latency, memory)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Mapping
+
+from ..errors import MixDQError
+from ..models.spec import ModelSpec
+from ..options import Options
+
+EXECUTIONS = ("auto", "kernels", "simulate")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkOptions(Options):
+    """Settings of ``mixdq benchmark`` (the keys are its long flags, ``-`` written ``_``).
+
+    Prompts come from ``prompts`` (a source, see :func:`quant.calib.read_prompts`) or the inline
+    ``prompt`` list.
+    """
+
+    SECTION = "benchmark"
+
+    prompts: str | None = None
+    prompt: tuple[str, ...] = ()
+    num_prompts: int | None = None
+    column: str = "text"
+    split: str | None = None
+    real_images: str | None = None
+    execution: str = "auto"
+    steps: int = 1
+    guidance: float = 0.0
+    resolution: int | None = None
+    seed: int = 42
+    batch_size: int = 1
+    inception: str | None = None
+    no_fid: bool = False
+    clip: str | None = None
+    no_clip: bool = False
+    no_image_reward: bool = False
+    metric_batch_size: int = 32
+    grid_rows: int = 8
+    no_latency: bool = False
+    latency_repeats: int = 10
+    latency_warmup: int = 3
+    cuda_graphs: bool = False
+
+    def check(self):
+        if self.prompts and self.prompt:
+            raise MixDQError(f"{self.SECTION}: give either prompts SOURCE or prompt TEXT, "
+                             f"not both")
+        if not self.prompts and not self.prompt:
+            raise MixDQError(f"{self.SECTION}: no prompts: give prompts SOURCE or prompt TEXT")
+        self.choice("execution", EXECUTIONS)
+        self.positive("num_prompts", "steps", "resolution", "batch_size", "metric_batch_size",
+                      "grid_rows", "latency_repeats")
+        if self.latency_warmup < 0:
+            raise self.fail("latency_warmup", f"must be >= 0, got {self.latency_warmup}")
+
+    def read_prompts(self) -> tuple[list[str], str]:
+        """The prompts and a line saying where they came from."""
+        from ..bench.generation import select_prompts
+        from ..calib.prompts import read_prompts
+
+        if self.prompt:
+            prompts = select_prompts(list(self.prompt), self.num_prompts, "--prompt")
+            return prompts, f"{len(prompts)} prompts from --prompt"
+        prompt_set = read_prompts(self.prompts, num_prompts=self.num_prompts,
+                                  column=self.column, split=self.split)
+        return prompt_set.prompts, prompt_set.summary()
+
+    def bench_config(self, out: str | Path, device: str | None):
+        from ..bench import BenchmarkConfig, GenerationSettings
+
+        return BenchmarkConfig(
+            out_dir=str(out),
+            generation=GenerationSettings(steps=self.steps, guidance=self.guidance,
+                                          resolution=self.resolution, seed=self.seed,
+                                          batch_size=self.batch_size),
+            real_images=self.real_images, fid=not self.no_fid, inception=self.inception,
+            clip=not self.no_clip, clip_model=self.clip, image_reward=not self.no_image_reward,
+            latency=not self.no_latency, latency_repeats=self.latency_repeats,
+            latency_warmup=self.latency_warmup, cuda_graphs=self.cuda_graphs,
+            metric_batch_size=self.metric_batch_size, grid_rows=self.grid_rows, device=device)
+
+
+def benchmark(model: ModelSpec, options: BenchmarkOptions,
+              quantized: Mapping[str | None, str | Path] | list, out: str | Path, *,
+              log: Callable[[str], None] = print) -> dict | None:
+    """Compare the full-precision pipeline with every quantized checkpoint; write the report.
+
+    Args:
+        model: the float model the checkpoints were made from (its LoRA fused in every variant).
+        options: the settings.
+        quantized: ``{name: checkpoint folder}``, or a list of ``(name, folder)`` pairs (a
+            ``None`` name: the folder's name).
+        out: report folder (``report.json``, ``report.md``, ``grid.png``, ``images/``).
+
+    Returns:
+        The report, or ``None`` on torchrun ranks other than 0.
+    """
+    from ..bench import fp_variant, init_shard, quantized_variant, run_benchmark
+    from ..bench.report import markdown
+
+    pairs = list(quantized.items()) if isinstance(quantized, Mapping) else list(quantized)
+    prompts, source = options.read_prompts()
+    shard = init_shard()
+    device = model.device
+    if shard.world_size > 1 and device is None:
+        import torch
+
+        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
+    config = options.bench_config(out, model.device)
+    lora = dict(lora=model.lora, lora_scale=model.lora_scale)
+    variants = [fp_variant(model.model, device, model.dtype, **lora)]
+    for name, folder in pairs:
+        variants.append(quantized_variant(model.model, folder, device, model.dtype, name=name,
+                                          execution=options.execution, **lora))
+    try:
+        report = run_benchmark(variants, prompts, config, shard=shard, prompts_source=source)
+    finally:
+        shard.close()
+    if report is not None:
+        log(markdown(report).rstrip("\n"))
+        log(f"wrote {out}/report.json, report.md, grid.png")
+    return report

@@ -1,0 +1,84 @@
+"""The quantize stage: calibrate a UNet's activation ranges and write a quantized checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from ..bitmap import BitMap, check_bits
+from ..errors import MixDQError
+from ..models.spec import ModelSpec
+from ..options import Options
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeOptions(Options):
+    """Settings of ``mixdq quantize`` (the keys are its long flags, ``-`` written ``_``).
+
+    Give ``bit_map`` (a file from the allocate stage) or uniform ``w_bits``/``a_bits``
+    (``None``: that side stays floating point).
+    """
+
+    SECTION = "quantize"
+
+    bit_map: str | None = None
+    w_bits: int | None = None
+    a_bits: int | None = None
+    no_bos: bool = False
+    weight_scale: str = "mse"
+    momentum: float = 0.95
+    batch_size: int = 4
+    no_progress: bool = False
+
+    def check(self):
+        uniform = self.w_bits is not None or self.a_bits is not None
+        if self.bit_map and uniform:
+            raise MixDQError(f"{self.SECTION}: give either bit_map or w_bits/a_bits, not both")
+        if not self.bit_map and not uniform:
+            raise MixDQError(f"{self.SECTION}: give bit_map FILE, or w_bits B and a_bits B")
+        for key, what in (("w_bits", "weight"), ("a_bits", "activation")):
+            try:
+                check_bits(getattr(self, key), what)
+            except MixDQError as e:
+                raise self.fail(key, str(e)) from None
+        self.choice("weight_scale", ("mse", "minmax"))
+        self.positive("batch_size")
+        if not 0 <= self.momentum <= 1:
+            raise self.fail("momentum", f"must be in [0, 1], got {self.momentum}")
+
+
+def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out: str | Path, *,
+             log: Callable[[str], None] = print) -> Path:
+    """Quantize the model's UNet, calibrated on ``calib``, and write the checkpoint ``out``.
+
+    Returns:
+        The checkpoint folder (``quant.load_pipeline(model, quantized=out)`` loads it).
+    """
+    from ..calib import CalibrationData
+    from ..checkpoint import save_quantized
+    from ..quantize import output_sqnr, quantize_unet
+    from ..report import quantization_report
+    from ..structure import quantizable_layers
+
+    data = CalibrationData(calib)
+    bit_map = BitMap.load(options.bit_map) if options.bit_map else None
+    unet = model.load().unet
+    if bit_map is None:
+        bit_map = BitMap.uniform(quantizable_layers(unet), options.w_bits, options.a_bits)
+
+    def batches():
+        return data.batches(options.batch_size, device=unet.device, dtype=unet.dtype)
+
+    quantize_unet(unet, bit_map, batches(), bos=not options.no_bos,
+                  weight_scale=options.weight_scale, momentum=options.momentum,
+                  progress=not options.no_progress)
+    sqnr = output_sqnr(unet, batches())
+    meta = {"calibration": str(calib), "calibration_samples": len(data),
+            "bos": not options.no_bos, "weight_scale": options.weight_scale,
+            "momentum": options.momentum, "sqnr_db": round(sqnr, 4)}
+    path = save_quantized(unet, out, base_model=model.model, metadata=meta)
+    log(quantization_report(unet).format())
+    log(f"UNet output SQNR vs full precision on the calibration set: {sqnr:.2f} dB")
+    log(f"wrote {path}")
+    return path
