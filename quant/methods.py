@@ -12,10 +12,16 @@ table is in ``docs/METHODS.md``). Stages and where their switches live:
 - ``allocate``: :class:`quant.bitalloc.config.AllocConfig`, plus ``pick`` (``images``: the
   split mode's final pick measured by :class:`quant.bitalloc.pick.ImageScore` on ``pick_prompts``
   calibration prompts; ``predicted``: by the predicted loss, no images) ;
-- ``quantize``: :func:`quant.quantize.quantize_unet` keywords.
+- ``quantize``: :func:`quant.quantize.quantize_unet` keywords;
+- ``benchmark``: the COCO order of its prompts.
 
     from quant.methods import method_settings
     SensitivityConfig(**method_settings("plus")["sensitivity"])
+
+The stage options of :mod:`quant.stages` carry ``method`` (default ``paper``) and ``switches``
+(extra named switches on top); their method-governed fields default to ``None`` and
+:func:`fill_options` sets each one left unset from the method, so an explicit setting always
+wins over the preset and ``to_dict()`` records the resolved values.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ PAPER: dict[str, dict] = {
     "quantize": {
         "weight_scale": "minmax",
         "conv1_split": False,          # only conv_shortcut split (activation and weight)
+    },
+    "benchmark": {
+        "coco_order": "annotations",
     },
 }
 
@@ -111,6 +120,29 @@ def method_settings(method: str = DEFAULT_METHOD, extra_switches=()) -> dict:
         raise MixDQError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     switches = (PLUS_SWITCHES if method == "plus" else ()) + tuple(extra_switches)
     return apply_switches(PAPER, switches)
+
+
+def fill_options(options, stage: str, aliases: dict[str, str] | None = None) -> None:
+    """Set each method-governed field of the frozen stage ``options`` that is ``None`` from
+    ``options.method`` plus ``options.switches`` (for ``stage``'s settings).
+
+    ``aliases`` maps a library key to the options' field name where they differ (the stage
+    options call the pipeline dtype ``compute_dtype``: ``dtype`` is the model's). Errors name the
+    options' section (``sensitivity.method``).
+    """
+    section = getattr(options, "SECTION", stage)
+    if options.method not in METHODS:
+        raise MixDQError(f"{section}.method: expected one of {', '.join(METHODS)}, got "
+                         f"{options.method!r}")
+    try:
+        values = method_settings(options.method, options.switches).get(stage, {})
+    except MixDQError as e:
+        raise MixDQError(f"{section}.switches: {e}") from None
+    aliases = aliases or {}
+    for key, value in values.items():
+        field = aliases.get(key, key)
+        if hasattr(options, field) and getattr(options, field) is None:
+            object.__setattr__(options, field, copy.deepcopy(value))
 
 
 def describe() -> str:

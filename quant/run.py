@@ -6,6 +6,11 @@ section per stage whose keys are the fields of that stage's options (``quant.sta
 flags of its subcommand, ``-`` written ``_``). Every section is turned into typed options when the
 config is loaded, so a bad key, type or value anywhere fails before any stage runs.
 
+``method`` (top level only; ``paper``, the default, or ``plus``) and ``switches`` (a list of
+named switches on top, see :mod:`quant.methods`) apply to every stage; a stage's own keys (e.g.
+``sensitivity.weight_scale``) override the preset for that stage. Each stage's record holds
+its options with the method's settings resolved.
+
 Layout of ``OUT``::
 
     calib/                     calibrate
@@ -39,7 +44,8 @@ from .utils.io import write_json
 STAGE_RECORD = "stage.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _MODEL_KEYS = ("model", "device", "dtype", "lora", "lora_scale")
-_SECTIONS = (*_MODEL_KEYS, "calibrate", "sensitivity", "variants", "benchmark")
+_METHOD_KEYS = ("method", "switches")
+_SECTIONS = (*_MODEL_KEYS, *_METHOD_KEYS, "calibrate", "sensitivity", "variants", "benchmark")
 # option keys that name files: relative paths are taken from the config file's folder
 _PATH_KEYS = {"prompts", "real_images", "inception", "clip", "bit_map", "protect", "lora",
               "config", "quantized_base", "model"}
@@ -99,6 +105,8 @@ class RunConfig:
                              f"{', '.join(_SECTIONS)}")
         spec = ModelSpec.from_dict(_paths({k: data[k] for k in _MODEL_KEYS if k in data},
                                           base_dir))
+        method = {k: data[k] for k in _METHOD_KEYS if k in data}
+        data = _with_method(data, method)
         if "calibrate" not in data or "prompts" not in (data["calibrate"] or {}):
             raise MixDQError("the run config needs calibrate.prompts")
         calib = _mapping(data["calibrate"], "calibrate")
@@ -125,7 +133,8 @@ class RunConfig:
         return cls(spec, calib_options, sens_options, variants, bench_options, sens_calib)
 
     def to_dict(self) -> dict:
-        out = {**self.model.to_dict(), "calibrate": self.calibrate.to_dict(),
+        out = {**self.model.to_dict(), "method": self.calibrate.method,
+               "switches": list(self.calibrate.switches), "calibrate": self.calibrate.to_dict(),
                "sensitivity": self.sensitivity.to_dict()}
         if self.sensitivity_calib is not None:
             out["sensitivity_calib"] = self.sensitivity_calib.to_dict()
@@ -164,6 +173,40 @@ def _variant(data: Any, index: int, base_dir: Path) -> Variant:
                                              f"{where}.quantize"),
                    AllocateOptions.from_dict(_paths(alloc, base_dir), f"{where}.allocate"),
                    protect=protect is True)
+
+
+def _with_method(data: dict, method: dict) -> dict:
+    """``data`` with the top-level method settings in every stage section (none may set its
+    own: one method per run)."""
+    def put(section: Any, where: str) -> Any:
+        if not isinstance(section, dict):
+            return section  # the section's own check reports it
+        for key in _METHOD_KEYS:
+            if key in section:
+                raise MixDQError(f"{where}.{key}: set {key} at the top level of the run config "
+                                 f"(it applies to every stage)")
+        return {**section, **method}
+
+    out = dict(data)
+    if "calibrate" in out:
+        out["calibrate"] = put(out["calibrate"], "calibrate")
+    out["sensitivity"] = put(out.get("sensitivity") or {}, "sensitivity")
+    if isinstance(out["sensitivity"], dict) and "calib" in out["sensitivity"]:
+        out["sensitivity"]["calib"] = put(out["sensitivity"]["calib"], "sensitivity.calib")
+    if out.get("benchmark", {}) is not None:
+        out["benchmark"] = put(out.get("benchmark", {}), "benchmark")
+    if isinstance(out.get("variants"), list):
+        variants = []
+        for i, v in enumerate(out["variants"]):
+            if isinstance(v, dict):
+                v = dict(v)
+                where = f"variant {v.get('name', i)}"
+                v["quantize"] = put(v.get("quantize") or {}, f"{where}.quantize")
+                if v.get("allocate") is not None:
+                    v["allocate"] = put(v["allocate"], f"{where}.allocate")
+            variants.append(v)
+        out["variants"] = variants
+    return out
 
 
 def _mapping(value: Any, what: str) -> dict:
@@ -256,9 +299,12 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
             aoptions = v.allocate
             if v.protect:
                 aoptions = aoptions.replace(protect=str(sens_csv.with_suffix(".protect.txt")))
-            stages.append(_stage(f"allocate {v.name}", "allocate", folder, [bitmap], None,
-                                 aoptions, _bind(allocate, aoptions, sens_csv, bitmap),
-                                 sensitivity=sens_csv, out=bitmap))
+            # the measured pick generates images: the model and the sensitivity's calibration
+            pick = {"calib": sens_calib} if aoptions.measured_pick else {}
+            stages.append(_stage(f"allocate {v.name}", "allocate", folder, [bitmap],
+                                 model if pick else None, aoptions,
+                                 _bind(allocate, aoptions, sens_csv, bitmap, model=model, **pick),
+                                 sensitivity=sens_csv, out=bitmap, **pick))
             qoptions = qoptions.replace(bit_map=str(bitmap))
         qdir = folder / "quant"
         stages.append(_stage(f"quantize {v.name}", "quantize", folder,
@@ -276,8 +322,8 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
     return _one_record_per_folder(stages)
 
 
-def _bind(function, *args) -> Callable[[], Any]:
-    return lambda: function(*args)
+def _bind(function, *args, **kwargs) -> Callable[[], Any]:
+    return lambda: function(*args, **kwargs)
 
 
 def _one_record_per_folder(stages: list[Stage]) -> list[Stage]:

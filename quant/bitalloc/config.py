@@ -165,6 +165,11 @@ class AllocConfig:
     @classmethod
     def load(cls, path: str | Path) -> "AllocConfig":
         """Read a YAML (``.yaml``/``.yml``) or JSON file into a config."""
+        return cls.from_dict(cls.read(path))
+
+    @staticmethod
+    def read(path: str | Path) -> dict:
+        """The settings a YAML/JSON config file gives, as written (no defaults filled in)."""
         path = Path(path)
         if not path.is_file():
             raise MixDQError(f"allocation config {path}: no such file")
@@ -179,4 +184,6 @@ class AllocConfig:
         except Exception as e:  # both parsers raise their own error types
             raise MixDQError(f"allocation config {path}: malformed "
                              f"({str(e).splitlines()[0]})") from None
-        return cls.from_dict(data)
+        if not isinstance(data, Mapping):
+            raise MixDQError(f"allocation config {path}: expected a mapping")
+        return dict(data)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from .common import add_model_args, model_spec, positive_int, stage_options
+from .common import (add_coco_order_arg, add_method_args, add_model_args, model_spec,
+                     positive_int, stage_options)
 
 
 def register(sub):
@@ -61,6 +62,8 @@ def register(sub):
     t.add_argument("--latency-repeats", type=positive_int, default=10)
     t.add_argument("--latency-warmup", type=int, default=3)
     t.add_argument("--cuda-graphs", action="store_true", help="time CUDA graph replays")
+    add_method_args(p)
+    add_coco_order_arg(p)
     return p
 
 

@@ -6,13 +6,22 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from ..methods import DEFAULT_METHOD, fill_options
 from ..models.spec import ModelSpec
 from ..options import Options
 
 
 @dataclasses.dataclass(frozen=True)
 class CalibrateOptions(Options):
-    """Settings of ``mixdq calibrate`` (the keys are its long flags, ``-`` written ``_``)."""
+    """Settings of ``mixdq calibrate`` (the keys are its long flags, ``-`` written ``_``).
+
+    ``method`` (``paper``/``plus``) and ``switches`` fill the settings left ``None``
+    (:func:`quant.methods.fill_options`): ``coco_order`` (COCO caption JSON: ``annotations``,
+    the original's first caption per image in order of first appearance in ``annotations``; or
+    ``images``: the ``images`` list's order) and ``compute_dtype`` (the pipeline's dtype when the
+    model spec gives none: ``float32``, the original's, also on CUDA; ``float16`` with the
+    ``fp16_sensitivity`` switch).
+    """
 
     SECTION = "calibrate"
 
@@ -28,9 +37,22 @@ class CalibrateOptions(Options):
     batch_size: int = 8
     seed: int = 42
     no_progress: bool = False
+    method: str = DEFAULT_METHOD
+    switches: tuple[str, ...] = ()
+    coco_order: str | None = None
+    compute_dtype: str | None = None
 
     def check(self):
+        fill_options(self, "calibrate", {"dtype": "compute_dtype"})
         self.positive("num_prompts", "steps", "resolution", "batch_size")
+        self.choice("coco_order", ("annotations", "images"))
+        self.choice("compute_dtype", ("float32", "float16"))
+
+    def model(self, model: ModelSpec) -> ModelSpec:
+        """``model`` with this stage's ``compute_dtype`` where it gives no dtype of its own."""
+        if model.dtype is not None:
+            return model
+        return dataclasses.replace(model, dtype=self.compute_dtype)
 
 
 def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,
@@ -46,7 +68,8 @@ def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,
 
     prompt_set = read_prompts(options.prompts, num_prompts=options.num_prompts,
                               column=options.column, shuffle=options.shuffle,
-                              seed=options.shuffle_seed, split=options.split)
+                              seed=options.shuffle_seed, split=options.split,
+                              coco_order=options.coco_order)
     log(prompt_set.summary())
     settings = dict(steps=options.steps, guidance=options.guidance,
                     resolution=options.resolution, batch_size=options.batch_size,
@@ -54,9 +77,11 @@ def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,
     if finished_run(out, prompt_set.prompts, **settings):
         log(f"{out} already holds this calibration; nothing to do")
         return Path(out)
-    pipe = model.load()
+    pipe = options.model(model).load()
     source = {**prompt_set.describe(), "column": options.column, "shuffle": options.shuffle,
-              "shuffle_seed": options.shuffle_seed}
+              "shuffle_seed": options.shuffle_seed, "method": options.method,
+              "switches": list(options.switches), "coco_order": options.coco_order,
+              "dtype": str(pipe.unet.dtype).removeprefix("torch.")}
     path = record_calibration(pipe, prompt_set.prompts, out, progress=not options.no_progress,
                               source=source, **settings)
     data = CalibrationData(path)

@@ -8,6 +8,7 @@ from typing import Callable
 
 from ..bitmap import BitMap, check_bits
 from ..errors import MixDQError
+from ..methods import DEFAULT_METHOD, fill_options
 from ..models.spec import ModelSpec
 from ..options import Options
 
@@ -18,6 +19,12 @@ class QuantizeOptions(Options):
 
     Give ``bit_map`` (a file from the allocate stage) or uniform ``w_bits``/``a_bits``
     (``None``: that side stays floating point).
+
+    ``method`` (``paper``/``plus``) and ``switches`` fill the settings left ``None``
+    (:func:`quant.methods.fill_options`): ``weight_scale`` (``minmax``, the original's, or
+    ``mse``) and ``conv1_split`` (``false``, the original's: only the up-block ``conv_shortcut``
+    splits its ``concat(hidden, skip)`` input, with one activation and one weight scale per
+    slice; ``true`` also gives the resnets' ``conv1`` per-slice activation quantizers).
     """
 
     SECTION = "quantize"
@@ -26,12 +33,16 @@ class QuantizeOptions(Options):
     w_bits: int | None = None
     a_bits: int | None = None
     no_bos: bool = False
-    weight_scale: str = "mse"
+    weight_scale: str | None = None
     momentum: float = 0.95
     batch_size: int = 4
     no_progress: bool = False
+    method: str = DEFAULT_METHOD
+    switches: tuple[str, ...] = ()
+    conv1_split: bool | None = None
 
     def check(self):
+        fill_options(self, "quantize")
         uniform = self.w_bits is not None or self.a_bits is not None
         if self.bit_map and uniform:
             raise MixDQError(f"{self.SECTION}: give either bit_map or w_bits/a_bits, not both")
@@ -72,11 +83,13 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
 
     quantize_unet(unet, bit_map, batches(), bos=not options.no_bos,
                   weight_scale=options.weight_scale, momentum=options.momentum,
-                  progress=not options.no_progress)
+                  conv1_split=options.conv1_split, progress=not options.no_progress)
     sqnr = output_sqnr(unet, batches())
     meta = {"calibration": str(calib), "calibration_samples": len(data),
             "bos": not options.no_bos, "weight_scale": options.weight_scale,
-            "momentum": options.momentum, "sqnr_db": round(sqnr, 4)}
+            "method": options.method, "switches": list(options.switches),
+            "conv1_split": options.conv1_split, "momentum": options.momentum,
+            "sqnr_db": round(sqnr, 4)}
     path = save_quantized(unet, out, base_model=model.model, metadata=meta)
     log(quantization_report(unet).format())
     log(f"UNet output SQNR vs full precision on the calibration set: {sqnr:.2f} dB")
