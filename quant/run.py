@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MixDQError
+from .methods import DEFAULT_METHOD, method_settings
 from .models.spec import ModelSpec
 from .stages import (AllocateOptions, BenchmarkOptions, CalibrateOptions, QuantizeOptions,
                      SensitivityOptions, allocate, benchmark, calibrate, quantize, sensitivity)
@@ -106,6 +107,7 @@ class RunConfig:
         spec = ModelSpec.from_dict(_paths({k: data[k] for k in _MODEL_KEYS if k in data},
                                           base_dir))
         method = {k: data[k] for k in _METHOD_KEYS if k in data}
+        _check_method(method)
         data = _with_method(data, method)
         if "calibrate" not in data or "prompts" not in (data["calibrate"] or {}):
             raise MixDQError("the run config needs calibrate.prompts")
@@ -173,6 +175,22 @@ def _variant(data: Any, index: int, base_dir: Path) -> Variant:
                                              f"{where}.quantize"),
                    AllocateOptions.from_dict(_paths(alloc, base_dir), f"{where}.allocate"),
                    protect=protect is True)
+
+
+def _check_method(method: dict) -> None:
+    """The top-level ``method``/``switches``, checked once (errors name the top-level key)."""
+    name = method.get("method", DEFAULT_METHOD)
+    switches = method.get("switches", [])
+    if isinstance(switches, str):
+        switches = [switches]
+    if not isinstance(name, str):
+        raise MixDQError(f"method: expected a string, got {name!r}")
+    if not isinstance(switches, list) or not all(isinstance(s, str) for s in switches):
+        raise MixDQError(f"switches: expected a list of switch names, got {switches!r}")
+    try:
+        method_settings(name, switches)
+    except MixDQError as e:
+        raise MixDQError(f"{'switches' if 'switch' in str(e) else 'method'}: {e}") from None
 
 
 def _with_method(data: dict, method: dict) -> dict:
