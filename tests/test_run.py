@@ -44,7 +44,9 @@ def test_plan_builds_typed_options(tmp_path):
     assert stages["sensitivity"]["options"]["weight_bits"] == [2, 4, 8]
     assert stages["sensitivity"]["out"] == str(out / "sensitivity" / "sens.csv")
     alloc = stages["allocate mixed"]
-    assert "model" not in alloc
+    # paper: split mode with the final pick measured on images of calibration prompts
+    assert alloc["model"]["model"] == "tiny" and alloc["calib"] == str(out / "calib")
+    assert (alloc["options"]["mode"], alloc["options"]["pick"]) == ("split", "images")
     assert (alloc["options"]["weight_bits"], alloc["options"]["act_bits"]) == (4.0, 8.0)
     assert alloc["options"]["protect"] == str(out / "sensitivity" / "sens.protect.txt")
     assert alloc["out"] == str(out / "variants" / "mixed" / "bitmap.json")

@@ -77,7 +77,7 @@ def _bit_map(how, unet, sens_csv: Path, out: Path):
     if how[0] == "uniform":
         return BitMap.uniform(quantizable_layers(unet), how[1], how[2])
     _, w, a, metric = how
-    options = AllocateOptions(weight_bits=w, act_bits=a, content_metric=metric,
+    options = AllocateOptions(weight_bits=w, act_bits=a, content_metric=metric, pick="predicted",
                               protect=str(sens_csv.with_name(sens_csv.stem + ".protect.txt")))
     return allocate(options, sens_csv, out, log=lambda line: None).bit_map
 

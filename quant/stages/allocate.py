@@ -151,7 +151,13 @@ def allocate(options: AllocateOptions, sensitivity_csv: str | Path, out: str | P
         return fronts
 
     weight, act = options.budgets()
-    score = _image_score(options, model, calib, log) if options.measured_pick else None
+    score = None
+    if options.measured_pick:
+        if model is None or calib is None:
+            raise MixDQError("allocate: the measured pick (pick: images, the paper method's) "
+                             "generates images: give the model and the calibration folder "
+                             "(--model, --calib), or pick: predicted (--pick predicted)")
+        score = _LazyScore(lambda: _image_score(options, model, calib, log))
     result = solve(table, weight, act, config, protected, score)
     for target, r in (("weight", result.weight), ("act", result.act)):
         if r is None:
@@ -169,15 +175,29 @@ def allocate(options: AllocateOptions, sensitivity_csv: str | Path, out: str | P
     return result
 
 
+class _LazyScore:
+    """A score built at its first use: an infeasible budget fails before any image is made."""
+
+    def __init__(self, build: Callable):
+        self._build, self._score = build, None
+
+    def _get(self):
+        if self._score is None:
+            self._score = self._build()
+        return self._score
+
+    def __call__(self, target, bits):
+        return self._get()(target, bits)
+
+    def with_weights(self, weight_bits):
+        return self._get().with_weights(weight_bits)
+
+
 def _image_score(options: AllocateOptions, model: ModelSpec | None, calib, log):
     """The measured pick: images of the first ``pick_prompts`` calibration prompts."""
     from ..bitalloc.pick import ImageScore
     from ..calib.store import CalibrationData
 
-    if model is None or calib is None:
-        raise MixDQError("allocate: the measured pick (pick: images, the paper method's) "
-                         "generates images: give the model and the calibration folder "
-                         "(--model, --calib), or pick: predicted (--pick predicted)")
     data = CalibrationData(calib)
     if len(data.prompts) < options.pick_prompts:
         raise MixDQError(f"allocate.pick_prompts: {options.pick_prompts} prompts asked for, the "
