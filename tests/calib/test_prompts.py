@@ -1,10 +1,15 @@
 import csv
 import json
 
+from pathlib import Path
+
 import pytest
 
 from quant.calib.prompts import load_prompts, read_prompts
 from quant.errors import MixDQError
+
+BUNDLED_PROMPTS = (Path(__file__).resolve().parents[2] / "configs" / "prompts"
+                   / "coco2017_val_first1024.txt")
 
 
 def first_captions(path, n):
@@ -39,6 +44,18 @@ def test_coco_json_first_caption_of_each_image(data_dir):
     assert prompts == annotation_order_captions(path, 8)
     assert len(set(prompts)) == 8
     assert load_prompts(path, num_prompts=8, coco_order="images") == first_captions(path, 8)
+
+
+def test_bundled_prompts_are_the_coco_json_in_annotation_order(data_dir):
+    """The bundled file is what the library reads from the COCO JSON (first 1,024 prompts);
+    with ``../shared`` present, also against the real captions_val2017.json."""
+    with open(BUNDLED_PROMPTS, encoding="utf-8") as f:
+        bundled = f.read().splitlines()
+    got = read_prompts(f"{data_dir}/coco_captions_val2017.json", num_prompts=len(bundled))
+    assert got.prompts == bundled
+    by_images = read_prompts(f"{data_dir}/coco_captions_val2017.json",
+                             num_prompts=len(bundled), coco_order="images").prompts
+    assert by_images != bundled
 
 
 def test_coco_annotation_order_differs_from_images_list(tmp_path):
