@@ -56,15 +56,18 @@ class Bench:
     """One model's calibration, held-out calls and reference images."""
 
     def __init__(self, model: str, prompts: int):
-        from quant.models import load_fp_pipeline
+        from quant.stages import ModelSpec
 
         self.bb = _bench_bitalloc()
         self.model = model
-        self.pipe = load_fp_pipeline(model, device="cpu")
+        self.spec = ModelSpec(model, device="cpu")
+        self.pipe = self.spec.load()
         self.prompts = CALIB_PROMPTS[:prompts]
-        with tempfile.TemporaryDirectory() as tmp:
-            self.calib = self.bb.record(self.pipe, self.prompts, Path(tmp) / "calib")
-            self.held_out = self.bb.record(self.pipe, self.bb.EVAL_PROMPTS, Path(tmp) / "eval")
+        self._tmp = tempfile.TemporaryDirectory()  # the calibration, kept for the sensitivity
+        self.tmp = Path(self._tmp.name)
+        self.calib_dir = self.tmp / "calib"
+        self.calib = self.bb.record(self.spec, self.prompts, self.calib_dir)
+        self.held_out = self.bb.record(self.spec, self.bb.EVAL_PROMPTS, self.tmp / "eval")
         self.reference = self.bb.images(self.pipe, self.bb.EVAL_PROMPTS)
         self.names = list(quantizable_layers(self.pipe.unet))
 
@@ -115,7 +118,8 @@ def run(model: str, prompts: int, only=SWITCH_NAMES) -> list[tuple]:
 
 
 def _joint(bench: Bench, model: str) -> tuple:
-    table = bench.bb.measure_table(bench.pipe, bench.calib, ssim_prompts=bench.prompts[:4])
+    table = bench.bb.measure_table(bench.spec, bench.calib_dir, bench.tmp / "sens.csv",
+                                   measure_ssim=True)
     results = {}
     for mode in ("split", "joint"):
         config = AllocConfig(mode=mode, content_metric="ssim")
