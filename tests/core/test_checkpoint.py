@@ -237,7 +237,8 @@ def test_conv_shortcut_has_one_weight_scale_per_input_slice(mixed, fp_unet):
 
 
 def test_report_megabytes_match_the_checkpoint(mixed):
-    from quant.report import checkpoint_weight_bytes, quantization_report
+    from quant.measure import checkpoint_weight_bytes
+    from quant.report import quantization_report
 
     unet, out = mixed
     bits = {m.active_w_bits for m in quantizable_layers(unet).values()}
