@@ -4,7 +4,8 @@ A checkpoint folder holds
 
 - ``unet_quant.safetensors``: per quantized layer ``NAME.qweight`` (int8, or uint8 with two
   4-bit / four 2-bit values per byte, see :mod:`quant.packing`), ``NAME.wscale`` (float32
-  ``[out]``), ``NAME.act_scale`` / ``NAME.act_zero_point`` (one per input slice),
+  ``[out]``, or ``[out, 2]`` for a split weight: one scale per input slice),
+  ``NAME.act_scale`` / ``NAME.act_zero_point`` (one per input slice),
   ``NAME.act_range`` (calibrated ``[slices, 2]``), ``NAME.bos_row`` (cross-attention k/v) and,
   with timestep-dependent ranges (:mod:`quant.steps`), ``NAME.act_range_steps``
   (``[steps, slices, 2]``, the steps' timesteps in the config's ``step_timesteps``);
@@ -99,6 +100,7 @@ def checkpoint_contents(unet: nn.Module, *, base_model: str,
         form = layer.integer_form()
         entries[name] = {"kind": form.kind, "shape": list(form.weight_shape), "w": form.w_bits,
                          "a": form.a_bits, "split": form.split,
+                         "split_weight": bool(form.split_weight),
                          "bos": bool(layer.bos), "weight_scale": layer.weight_scale}
         if form.w_bits is not None:
             tensors[f"{name}.qweight"] = pack(form.qweight, form.w_bits).cpu().contiguous()
@@ -435,8 +437,9 @@ def _load_layer(module: nn.Module, name: str, entry: dict, tensors: dict, quant_
         raise MixDQError(f"quantized checkpoint {quant_dir}: layer {name} is a {kind} of weight "
                          f"shape {shape} in the checkpoint, but {type(module).__name__} "
                          f"{tuple(module.weight.shape)} in this UNet")
+    split_weight = bool(entry.get("split_weight", False))  # absent in older checkpoints
     layer = cls.from_module(module, None, None, name=name, weight_scale=method, split=split,
-                            bos=bos)
+                            bos=bos, split_weight=split_weight)
     check_bits(w, "weight", name)
     check_bits(a, "activation", name)
     if w is not None:

@@ -10,7 +10,10 @@ checkpoint writer and the CUDA converter both read.
 Two refinements of the input quantizer, both read from the model by :mod:`quant.quantize`:
 
 - ``split``: the input is ``concat(hidden, skip)`` along channels (up-block resnets); the two
-  channel slices get separate quantizers.
+  channel slices get separate activation quantizers, and with ``split_weight`` (the original's,
+  for ``conv_shortcut``) separate per-output-channel weight scales too: the weight's input
+  channels ``[:split]`` and ``[split:]`` are quantized with their own scales, so ``wscale`` is
+  ``[out, 2]`` (column 0 for the hidden slice, 1 for the skip slice).
 - ``bos``: cross-attention key/value projections take the text embedding, whose first (BOS)
   token is the same for every prompt and carries a huge outlier. Its output row is computed once
   in full precision and put back in front; only tokens 1.. are quantized.
@@ -65,9 +68,11 @@ class IntegerForm:
 
     ``qweight`` is int8 ``[out, K]`` (unpacked values in ``[-2^(b-1), 2^(b-1) - 1]``,
     ``K = in * kh * kw`` in torch's order) with float32 per-channel ``wscale``; when the weight
-    stays float, ``weight`` holds it instead. ``act_scale``/``act_zero_point`` have one entry per
-    input slice (two when ``split`` is set: channels ``[:split]`` and ``[split:]``). ``bos_row``
-    is the precomputed float32 output for the first token of a cross-attention key/value.
+    stays float, ``weight`` holds it instead; ``wscale`` is ``[out, 2]`` when ``split_weight``
+    (one scale per input slice, see the module doc). ``act_scale``/``act_zero_point`` have one
+    entry per input slice (two when ``split`` is set: channels ``[:split]`` and ``[split:]``).
+    ``bos_row`` is the precomputed float32 output for the first token of a cross-attention
+    key/value.
     """
 
     kind: str
@@ -83,6 +88,7 @@ class IntegerForm:
     split: int | None
     bos_row: torch.Tensor | None
     conv: dict | None = None
+    split_weight: bool = False
 
 
 class QuantLayer:
@@ -92,7 +98,8 @@ class QuantLayer:
     kind = ""
 
     def _init_quant(self, float_module: nn.Module, w_bits, a_bits, name: str,
-                    weight_scale: str, split: int | None, bos: bool) -> None:
+                    weight_scale: str, split: int | None, bos: bool,
+                    split_weight: bool = False) -> None:
         if weight_scale not in WEIGHT_SCALES:
             raise MixDQError(f"unknown weight scale method {weight_scale!r}; "
                              f"use one of {', '.join(WEIGHT_SCALES)}")
@@ -103,6 +110,7 @@ class QuantLayer:
         self.w_bits = self.a_bits = None
         self.w_enabled = self.a_enabled = True
         self.split = split
+        self.split_weight = bool(split_weight) and split is not None
         self.bos = bos
         self.bos_row: torch.Tensor | None = None
         self.act_range: list[tuple[float, float]] | None = None
@@ -165,9 +173,23 @@ class QuantLayer:
         """``(q, scale)``: int8 ``[out, K]`` and float32 ``[out]`` at ``bits``, cached."""
         if bits not in self._wcache:
             check_bits(bits, "weight", self.layer_name)
-            scale = weight_scale(self.weight, bits, self.weight_scale)
-            self._wcache[bits] = (quantize_weight(self.weight, scale, bits), scale)
+            if self.split_weight:
+                parts = (self.weight[:, :self.split], self.weight[:, self.split:])
+                scales = [weight_scale(w, bits, self.weight_scale) for w in parts]
+                q = torch.cat([quantize_weight(w, sc, bits) for w, sc in zip(parts, scales)], 1)
+                self._wcache[bits] = (q, torch.stack(scales, 1))
+            else:
+                scale = weight_scale(self.weight, bits, self.weight_scale)
+                self._wcache[bits] = (quantize_weight(self.weight, scale, bits), scale)
         return self._wcache[bits]
+
+    def _dequantize(self, q: torch.Tensor, scale: torch.Tensor, dtype) -> torch.Tensor:
+        if scale.dim() == 2:  # one scale per input slice: expand to one per column
+            cols = self.split * self.weight[0, 0].numel()
+            scale = torch.cat([scale[:, :1].expand(-1, cols),
+                               scale[:, 1:].expand(-1, q.shape[1] - cols)], 1)
+            return (q.float() * scale.float()).reshape(self.weight.shape).to(dtype)
+        return dequantize_weight(q, scale, self.weight.shape, dtype)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the forward uses: fake-quantized at the active bits, or the float one."""
@@ -176,7 +198,7 @@ class QuantLayer:
             return self.weight
         if self._w_hat is None or self._w_hat_bits != bits:
             q, scale = self.quantized_weight(bits)
-            self._w_hat = dequantize_weight(q, scale, self.weight.shape, self.weight.dtype)
+            self._w_hat = self._dequantize(q, scale, self.weight.dtype)
             self._w_hat_bits = bits
         return self._w_hat
 
@@ -186,13 +208,14 @@ class QuantLayer:
         The float original is dropped; other bit widths re-quantize the dequantized weight.
         """
         out = self.weight.shape[0]
-        if tuple(q.shape) != (out, self.weight[0].numel()) or tuple(scale.shape) != (out,):
+        scale_shape = (out, 2) if self.split_weight else (out,)
+        if tuple(q.shape) != (out, self.weight[0].numel()) or tuple(scale.shape) != scale_shape:
             raise MixDQError(f"layer {self.layer_name}: integer weight of shape "
                              f"{tuple(q.shape)} / scale {tuple(scale.shape)} does not fit a "
                              f"weight of shape {tuple(self.weight.shape)}")
         device, dtype = self.weight.device, self.weight.dtype
         q, scale = q.to(device, torch.int8), scale.to(device, torch.float32)
-        w_hat = dequantize_weight(q, scale, self.weight.shape, dtype)
+        w_hat = self._dequantize(q, scale, dtype)
         self.weight = nn.Parameter(w_hat, requires_grad=False)
         self._wcache = {bits: (q, scale)}
         self._pinned_bits = bits
@@ -322,7 +345,7 @@ class QuantLayer:
                            a_bits=a_bits, qweight=qweight, wscale=wscale, weight=weight,
                            bias=bias, act_scale=act_scale, act_zero_point=act_zp,
                            split=self.split, bos_row=self.bos_row if self.bos else None,
-                           conv=self._conv_params())
+                           conv=self._conv_params(), split_weight=self.split_weight)
 
     def _conv_params(self) -> dict | None:
         return None
@@ -331,6 +354,7 @@ class QuantLayer:
         w = self.active_w_bits or "fp"
         a = self.active_a_bits or "fp"
         extra = f", split={self.split}" if self.split is not None else ""
+        extra += " (weight too)" if self.split_weight else ""
         extra += ", bos" if self.bos else ""
         return f"{super().extra_repr()}, W{w}A{a}{extra}"
 
@@ -343,8 +367,8 @@ class QuantLinear(QuantLayer, nn.Linear):
 
     @classmethod
     def from_module(cls, module: nn.Linear, w_bits: int | None = 8, a_bits: int | None = 8, *,
-                    name: str = "", weight_scale: str = "mse", split: int | None = None,
-                    bos: bool = False) -> "QuantLinear":
+                    name: str = "", weight_scale: str = "minmax", split: int | None = None,
+                    bos: bool = False, split_weight: bool = False) -> "QuantLinear":
         """Wrap ``module`` (sharing its weight and bias).
 
         Args:
@@ -352,8 +376,9 @@ class QuantLinear(QuantLayer, nn.Linear):
             w_bits: weight bits 2..8, or ``None`` for a float weight.
             a_bits: input activation bits 4..8, or ``None`` for a float input.
             name: the layer's module name, used in error messages.
-            weight_scale: ``"mse"`` (clipping search) or ``"minmax"``.
+            weight_scale: ``"minmax"`` (the original's) or ``"mse"`` (clipping search).
             split: channel count of the first of two concatenated input slices, if any.
+            split_weight: with ``split``, separate weight scales for the two input slices.
             bos: precompute the first token's output in full precision (cross-attention k/v).
 
         Returns:
@@ -361,7 +386,7 @@ class QuantLinear(QuantLayer, nn.Linear):
         """
         q = cls(module.in_features, module.out_features, bias=module.bias is not None,
                 device="meta")
-        q._init_quant(module, w_bits, a_bits, name, weight_scale, split, bos)
+        q._init_quant(module, w_bits, a_bits, name, weight_scale, split, bos, split_weight)
         return q
 
     def _op(self, x, weight):
@@ -376,15 +401,15 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
 
     @classmethod
     def from_module(cls, module: nn.Conv2d, w_bits: int | None = 8, a_bits: int | None = 8, *,
-                    name: str = "", weight_scale: str = "mse", split: int | None = None,
-                    bos: bool = False) -> "QuantConv2d":
+                    name: str = "", weight_scale: str = "minmax", split: int | None = None,
+                    bos: bool = False, split_weight: bool = False) -> "QuantConv2d":
         """Wrap ``module``; arguments as in :meth:`QuantLinear.from_module`."""
         if split is not None and not 0 < split < module.in_channels:
             raise MixDQError(f"layer {name}: split {split} outside 1..{module.in_channels - 1}")
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                 module.padding, module.dilation, module.groups, bias=module.bias is not None,
                 padding_mode=module.padding_mode, device="meta")
-        q._init_quant(module, w_bits, a_bits, name, weight_scale, split, False)
+        q._init_quant(module, w_bits, a_bits, name, weight_scale, split, False, split_weight)
         return q
 
     def _op(self, x, weight):

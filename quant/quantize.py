@@ -20,44 +20,12 @@ from .bitmap import BitMap
 from .checkpoint import unet_hash
 from .errors import MixDQError
 from .qmodules import qmodule_class
-from .structure import is_cross_attention_kv, quantizable_layers
 from .steps import install_clock, remove_clock, split_by_step
+from .structure import SPLIT_LEAVES, concat_splits, is_cross_attention_kv, quantizable_layers
 from .unet import UNET_INPUTS, run_unet, set_submodule
 
 __all__ = ["UNET_INPUTS", "concat_splits", "prepare", "quantize_unet", "output_sqnr", "run_unet",
            "set_submodule"]
-
-
-def concat_splits(unet: nn.Module) -> dict[str, int]:
-    """Layers whose input is ``concat(hidden, skip)`` along channels, with ``hidden``'s width.
-
-    Read from the model as diffusers builds it: each up-block resnet gets the running hidden
-    state concatenated with a skip connection. The hidden state entering an up block has the
-    width of the block before it (the mid block for the first); inside a block it has the
-    previous resnet's output width. The resnet's ``conv1`` (after norm and SiLU, channel order
-    kept) and ``conv_shortcut`` see that concatenation.
-
-    Returns:
-        Layer name -> channel count of the first slice, for every such ``nn.Conv2d``.
-    """
-    up_blocks = getattr(unet, "up_blocks", None)
-    if not up_blocks:
-        return {}
-    before = getattr(unet, "mid_block", None) or unet.down_blocks[-1]
-    hidden = before.resnets[-1].out_channels
-    splits = {}
-    for i, block in enumerate(up_blocks):
-        for j, resnet in enumerate(block.resnets):
-            if resnet.in_channels > hidden:
-                for leaf in ("conv1", "conv_shortcut"):
-                    conv = getattr(resnet, leaf, None)
-                    if isinstance(conv, nn.Conv2d) and conv.in_channels == resnet.in_channels:
-                        splits[f"up_blocks.{i}.resnets.{j}.{leaf}"] = hidden
-            hidden = resnet.out_channels
-        upsamplers = getattr(block, "upsamplers", None)
-        if upsamplers:
-            hidden = upsamplers[-1].out_channels
-    return splits
 
 
 def _as_bit_map(bit_map: BitMap | str | Path) -> BitMap:
@@ -69,7 +37,8 @@ def _as_bit_map(bit_map: BitMap | str | Path) -> BitMap:
 
 
 def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
-            weight_scale: str = "mse") -> nn.Module:
+            weight_scale: str = "minmax", conv1_split: bool = False,
+            shortcut_weight_split: bool = True) -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``unet`` for its quantized version, in place.
 
     Layers are not calibrated yet (see :func:`quantize_unet`). On an already prepared UNet this
@@ -79,7 +48,12 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
         unet: a diffusers ``UNet2DConditionModel`` (or any model with Linear/Conv2d layers).
         bit_map: per-layer bits (a :class:`BitMap` or a JSON/YAML file); must name every layer.
         bos: BOS-aware quantization of cross-attention key/value inputs.
-        weight_scale: ``"mse"`` (clipping search) or ``"minmax"``.
+        weight_scale: ``"minmax"`` (the original's) or ``"mse"`` (clipping search; method
+            ``plus`` switch ``mse_clipping``).
+        conv1_split: also give the up-block resnets' ``conv1`` separate activation quantizers
+            for its ``concat(hidden, skip)`` input (switch ``conv1_split``). ``conv_shortcut``
+            is always split: its activation, and with ``shortcut_weight_split`` (default, the
+            original's) its weight, one scale per input slice.
 
     Returns:
         ``unet`` itself.
@@ -92,13 +66,21 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
     bit_map.validate(layers)
     if getattr(unet, "mixdq_base_hash", None) is None:
         unet.mixdq_base_hash = unet_hash(unet)
-    splits = concat_splits(unet)
+    leaves = SPLIT_LEAVES + (("conv1",) if conv1_split else ())
+    splits = concat_splits(unet, leaves)
     for name, module in layers.items():
         bits = bit_map[name]
         layer_bos = bos and is_cross_attention_kv(name, unet)
+        split = splits.get(name)
+        split_weight = (shortcut_weight_split and name.endswith(".conv_shortcut")
+                        and split is not None)
         if getattr(module, "is_quantized_module", False):
             if module.weight_scale != weight_scale:
                 module.weight_scale = weight_scale
+                module.clear_cache()
+            if (module.split, module.split_weight) != (split, split_weight):
+                module.split, module.split_weight = split, split_weight
+                module.act_range, module._aparams = None, {}
                 module.clear_cache()
             module.set_bits(w=bits.w, a=bits.a)
             module.bos = layer_bos
@@ -108,14 +90,15 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
             raise MixDQError(f"layer {name}: no quantized module for {type(module).__name__}")
         set_submodule(unet, name, cls.from_module(
             module, bits.w, bits.a, name=name, weight_scale=weight_scale,
-            split=splits.get(name), bos=layer_bos))
+            split=split, bos=layer_bos, split_weight=split_weight))
     return unet
 
 
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],
-                  *, bos: bool = True, weight_scale: str = "mse", momentum: float = 0.95,
+                  *, bos: bool = True, weight_scale: str = "minmax", momentum: float = 0.95,
                   range_reduction: str = "auto", timestep_ranges: bool = False,
-                  progress: bool = True) -> nn.Module:
+                  progress: bool = True, conv1_split: bool = False,
+                  shortcut_weight_split: bool = True) -> nn.Module:
     """Prepare ``unet`` with ``bit_map`` and calibrate its activation ranges, in place.
 
     Args:
@@ -123,7 +106,7 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         bit_map: per-layer bits (see :func:`prepare`).
         calibration: iterable of dicts of UNet call arguments; read once.
         bos: BOS-aware quantization of cross-attention key/value inputs.
-        weight_scale: ``"mse"`` or ``"minmax"``.
+        weight_scale: ``"minmax"`` (default, the original's) or ``"mse"``.
         momentum: moving-average momentum of the activation ranges.
         range_reduction: how ranges are reduced over batches (:mod:`quant.calib.ranges`):
             ``auto`` (the original's EMA for a one-step calibration, running min/max when the
@@ -133,6 +116,7 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
             (:mod:`quant.steps`; simulated execution). Nothing changes for a one-step
             calibration.
         progress: show a tqdm bar over the batches.
+        conv1_split, shortcut_weight_split: see :func:`prepare`.
 
     Returns:
         ``unet``, quantized (simulated) and calibrated.
@@ -148,7 +132,8 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
     from .calib.store import check_calibration_model
 
     check_calibration_model(calibration, unet)
-    prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
+    prepare(unet, bit_map, bos=bos, weight_scale=weight_scale, conv1_split=conv1_split,
+            shortcut_weight_split=shortcut_weight_split)
     remove_clock(unet)
     count = 0
     timesteps: dict[int, float] = {}

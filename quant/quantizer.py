@@ -93,8 +93,8 @@ def weight_scale_mse(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return _scale_from_clip(absmax * best_ratio, bits)
 
 
-def weight_scale(weight: torch.Tensor, bits: int, method: str = "mse") -> torch.Tensor:
-    """Per-channel weight scale by ``method`` (``"mse"`` or ``"minmax"``)."""
+def weight_scale(weight: torch.Tensor, bits: int, method: str = "minmax") -> torch.Tensor:
+    """Per-channel weight scale by ``method``: ``"minmax"`` (the original's) or ``"mse"``."""
     if method == "mse":
         return weight_scale_mse(weight, bits)
     if method == "minmax":
@@ -114,7 +114,7 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, shape: torch.Size | 
     return (q.float() * scale.float()[:, None]).reshape(shape).to(dtype)
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int, method: str = "mse") -> torch.Tensor:
+def fake_quantize_weight(weight: torch.Tensor, bits: int, method: str = "minmax") -> torch.Tensor:
     """Quantize-dequantize ``weight`` per output channel; same shape and dtype."""
     scale = weight_scale(weight, bits, method)
     q = quantize_weight(weight, scale, bits)

@@ -14,21 +14,22 @@ from torch import nn
 from .bitmap import BitMap
 from .errors import MixDQError
 from .packing import values_per_byte
-from .structure import quantizable_layers
+from .structure import SPLIT_LEAVES, concat_splits, quantizable_layers
 
 FP16_BYTES = 2
 SCALE_BYTES = 4  # float32 per output channel
 
 
-def weight_bytes(shape: tuple[int, ...], bits: int | None) -> int:
+def weight_bytes(shape: tuple[int, ...], bits: int | None, scales_per_channel: int = 1) -> int:
     """Bytes a layer's weight takes in a checkpoint: packed integers plus float32 scales.
 
-    A float weight (``bits`` is ``None``) counts as fp16.
+    A float weight (``bits`` is ``None``) counts as fp16. ``scales_per_channel`` is 2 for a
+    weight split into two input slices (the up-block ``conv_shortcut``: one scale per slice).
     """
     out, k = shape[0], math.prod(shape[1:])
     if bits is None:
         return FP16_BYTES * out * k
-    return out * -(-k // values_per_byte(bits)) + SCALE_BYTES * out
+    return out * -(-k // values_per_byte(bits)) + SCALE_BYTES * out * scales_per_channel
 
 
 @dataclasses.dataclass
@@ -84,14 +85,15 @@ class QuantReport:
         return "\n".join(lines)
 
 
-def _build(entries: Iterable[tuple[str, tuple[int, ...], int | None, int | None]]) -> QuantReport:
+def _build(entries: Iterable[tuple[str, tuple[int, ...], int | None, int | None, int]]
+           ) -> QuantReport:
     groups: dict[tuple, list[int]] = {}
-    for kind, shape, w, a in entries:
+    for kind, shape, w, a, scales in entries:
         g = groups.setdefault((kind, w, a), [0, 0, 0, 0])
         g[0] += 1
         g[1] += math.prod(shape)
         g[2] += weight_bytes(shape, None)
-        g[3] += weight_bytes(shape, w)
+        g[3] += weight_bytes(shape, w, scales)
     order = sorted(groups, key=lambda k: (k[0], -(k[1] or 99), -(k[2] or 99)))
     return QuantReport([ReportRow(k[0], k[1], k[2], *groups[k]) for k in order])
 
@@ -101,16 +103,19 @@ def quantization_report(unet: nn.Module) -> QuantReport:
     layers = [m for m in unet.modules() if getattr(m, "is_quantized_module", False)]
     if not layers:
         raise MixDQError("the UNet has no quantized layers")
-    return _build((m.kind, tuple(m.weight.shape), m.active_w_bits, m.active_a_bits)
-                  for m in layers)
+    return _build((m.kind, tuple(m.weight.shape), m.active_w_bits, m.active_a_bits,
+                   2 if getattr(m, "split_weight", False) else 1) for m in layers)
 
 
 def planned_report(unet: nn.Module, bit_map: BitMap) -> QuantReport:
-    """Report on what ``bit_map`` would do to a float UNet (works on the meta device)."""
+    """Report on what ``bit_map`` would do to a float UNet (works on the meta device), with
+    ``conv_shortcut`` weights split as :func:`quant.quantize.prepare` does by default."""
     layers = quantizable_layers(unet)
     bit_map.validate(layers)
+    split = set(concat_splits(unet, SPLIT_LEAVES))
     return _build(("conv2d" if isinstance(m, nn.Conv2d) else "linear", tuple(m.weight.shape),
-                   bit_map[n].w, bit_map[n].a) for n, m in layers.items())
+                   bit_map[n].w, bit_map[n].a, 2 if n in split else 1)
+                  for n, m in layers.items())
 
 
 def safetensors_sizes(path: str | Path) -> dict[str, int]:

@@ -7,6 +7,11 @@ stage) and one section per stage whose keys are the fields of that stage's optio
 turned into typed options when the config is loaded, so a bad key, type or value
 anywhere fails before any stage runs.
 
+``method`` (top level only; ``paper``, the default, or ``plus``) and ``switches`` (a list of
+named switches on top, see :mod:`quant.methods`) apply to every stage; a stage's own keys (e.g.
+``sensitivity.weight_scale``) override the preset for that stage. Each stage's record holds
+its options with the method's settings resolved.
+
 Layout of ``OUT``::
 
     calib/                     calibrate
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import MixDQError
+from .methods import DEFAULT_METHOD, method_settings
 from .models.spec import ModelSpec
 from .stages import (AllocateOptions, BenchmarkOptions, CalibrateOptions, QuantizeOptions,
                      SensitivityOptions, allocate, benchmark, calibrate, quantize, sensitivity)
@@ -46,7 +52,8 @@ from .utils.records import first_difference
 STAGE_RECORD = "stage.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _MODEL_KEYS = ("model", "device", "dtype", "lora", "lora_scale", "scheduler")
-_SECTIONS = (*_MODEL_KEYS, "calibrate", "sensitivity", "variants", "benchmark")
+_METHOD_KEYS = ("method", "switches")
+_SECTIONS = (*_MODEL_KEYS, *_METHOD_KEYS, "calibrate", "sensitivity", "variants", "benchmark")
 # option keys that name files: relative paths are taken from the config file's folder
 _PATH_KEYS = {"prompts", "real_images", "inception", "clip", "bit_map", "protect", "lora",
               "config", "quantized_base", "model"}
@@ -110,6 +117,9 @@ class RunConfig:
                              f"{', '.join(_SECTIONS)}")
         spec = ModelSpec.from_dict(_paths({k: data[k] for k in _MODEL_KEYS if k in data},
                                           base_dir))
+        method = {k: data[k] for k in _METHOD_KEYS if k in data}
+        _check_method(method)
+        data = _with_method(data, method)
         if "calibrate" not in data or "prompts" not in (data["calibrate"] or {}):
             raise MixDQError("the run config needs calibrate.prompts")
         calib = _mapping(data["calibrate"], "calibrate")
@@ -136,7 +146,8 @@ class RunConfig:
         return cls(spec, calib_options, sens_options, variants, bench_options, sens_calib)
 
     def to_dict(self) -> dict:
-        out = {**self.model.to_dict(), "calibrate": self.calibrate.to_dict(),
+        out = {**self.model.to_dict(), "method": self.calibrate.method,
+               "switches": list(self.calibrate.switches), "calibrate": self.calibrate.to_dict(),
                "sensitivity": self.sensitivity.to_dict()}
         if self.sensitivity_calib is not None:
             out["sensitivity_calib"] = self.sensitivity_calib.to_dict()
@@ -175,6 +186,56 @@ def _variant(data: Any, index: int, base_dir: Path) -> Variant:
                                              f"{where}.quantize"),
                    AllocateOptions.from_dict(_paths(alloc, base_dir), f"{where}.allocate"),
                    protect=protect is True)
+
+
+def _check_method(method: dict) -> None:
+    """The top-level ``method``/``switches``, checked once (errors name the top-level key)."""
+    name = method.get("method", DEFAULT_METHOD)
+    switches = method.get("switches", [])
+    if isinstance(switches, str):
+        switches = [switches]
+    if not isinstance(name, str):
+        raise MixDQError(f"method: expected a string, got {name!r}")
+    if not isinstance(switches, list) or not all(isinstance(s, str) for s in switches):
+        raise MixDQError(f"switches: expected a list of switch names, got {switches!r}")
+    try:
+        method_settings(name, switches)
+    except MixDQError as e:
+        raise MixDQError(f"{'switches' if 'switch' in str(e) else 'method'}: {e}") from None
+
+
+def _with_method(data: dict, method: dict) -> dict:
+    """``data`` with the top-level method settings in every stage section (none may set its
+    own: one method per run)."""
+    def put(section: Any, where: str) -> Any:
+        if not isinstance(section, dict):
+            return section  # the section's own check reports it
+        for key in _METHOD_KEYS:
+            if key in section:
+                raise MixDQError(f"{where}.{key}: set {key} at the top level of the run config "
+                                 f"(it applies to every stage)")
+        return {**section, **method}
+
+    out = dict(data)
+    if "calibrate" in out:
+        out["calibrate"] = put(out["calibrate"], "calibrate")
+    out["sensitivity"] = put(out.get("sensitivity") or {}, "sensitivity")
+    if isinstance(out["sensitivity"], dict) and "calib" in out["sensitivity"]:
+        out["sensitivity"]["calib"] = put(out["sensitivity"]["calib"], "sensitivity.calib")
+    if out.get("benchmark", {}) is not None:
+        out["benchmark"] = put(out.get("benchmark", {}), "benchmark")
+    if isinstance(out.get("variants"), list):
+        variants = []
+        for i, v in enumerate(out["variants"]):
+            if isinstance(v, dict):
+                v = dict(v)
+                where = f"variant {v.get('name', i)}"
+                v["quantize"] = put(v.get("quantize") or {}, f"{where}.quantize")
+                if v.get("allocate") is not None:
+                    v["allocate"] = put(v["allocate"], f"{where}.allocate")
+            variants.append(v)
+        out["variants"] = variants
+    return out
 
 
 def _mapping(value: Any, what: str) -> dict:
@@ -299,11 +360,13 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
             aoptions = v.allocate
             if v.protect:
                 aoptions = aoptions.replace(protect=str(sens_csv.with_suffix(".protect.txt")))
-            # the model is known here: the table must cover every layer quantize will need
-            stages.append(stage(f"allocate {v.name}", "allocate", folder, [bitmap], None,
-                                aoptions, _bind(allocate, aoptions, sens_csv, bitmap,
-                                                model=model),
-                                sensitivity=sens_csv, out=bitmap))
+            # the measured pick generates images: the model and the sensitivity's calibration
+            pick = {"calib": sens_calib} if aoptions.measured_pick else {}
+            # the model is known: the table must also cover every layer quantize will need
+            stages.append(stage(f"allocate {v.name}", "allocate", folder, [bitmap],
+                                model if pick else None, aoptions,
+                                _bind(allocate, aoptions, sens_csv, bitmap, model=model, **pick),
+                                sensitivity=sens_csv, out=bitmap, **pick))
             qoptions = qoptions.replace(bit_map=str(bitmap))
         qdir = folder / "quant"
         stages.append(stage(f"quantize {v.name}", "quantize", folder,

@@ -118,8 +118,9 @@ def compare_on_tiny(model: ModelSpec, prompts: list[str], measure_ssim: bool = F
     names = table.layers
     metric = "ssim" if measure_ssim else "sqnr"
     split = AllocConfig(content_metric=metric, mode="split")
-    variants = {"joint": AllocConfig(content_metric=metric),
-                "joint, normalize none": AllocConfig(content_metric="sqnr", normalize="none"),
+    variants = {"joint": AllocConfig(content_metric=metric, mode="joint"),
+                "joint, normalize none": AllocConfig(content_metric="sqnr", normalize="none",
+                                                     mode="joint"),
                 "split": split,
                 "split, pixel MSE": split}  # the original's pick: pixel MSE of one image
     results = {f"uniform W{weight_bits}A8": evaluate(

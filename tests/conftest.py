@@ -84,8 +84,10 @@ def bundled_data(tmp_path_factory):
     for i, image in enumerate(images):  # second captions come later in the file, as in COCO
         annotations.append({"image_id": image["id"], "id": 2 * i + 1,
                             "caption": f"{captions[-1 - i]} (second caption)"})
+    # the images list in another order than the annotations (as in COCO): readers must follow
+    # the annotations' order of first appearance to get the bundled file's order back
     (out / "coco_captions_val2017.json").write_text(
-        json.dumps({"images": images, "annotations": annotations}), encoding="utf-8")
+        json.dumps({"images": images[::-1], "annotations": annotations}), encoding="utf-8")
     with open(out / "coco30k_val2014_prompts.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file_name", "text"])

@@ -43,6 +43,7 @@ def fp_unet(tiny_dir):
 
 def _quantize(fp_unet, bit_map):
     calib = [_batch(fp_unet.config, s) for s in (0, 1)]
+    # the paper method's layout: conv_shortcut with a weight scale per input slice ([out, 2])
     return quantize_unet(copy.deepcopy(fp_unet), bit_map, calib, weight_scale="minmax",
                          progress=False)
 
@@ -111,6 +112,38 @@ def _accuracy(fp_unet, sim, deployed, seed=7):
     y_fp, y_sim, y_int = _run(fp_unet, batch), _run(sim, batch), _run(deployed, batch)
     return (quantizer.sqnr_db(y_fp, y_sim), quantizer.sqnr_db(y_fp, y_int),
             quantizer.sqnr_db(y_sim, y_int))
+
+
+def test_conv_shortcut_deploys_with_a_weight_scale_per_slice(fp_unet, w8a8):
+    """Slice i of the split GEMM uses column i of the [out, 2] weight scale: exact integer sums
+    per slice and the simulated layer's output, for W8 and W4 weights."""
+    from quant.structure import concat_splits
+
+    shortcuts = concat_splits(fp_unet, ("conv_shortcut",))
+    assert shortcuts
+    bits = {n: LayerBits(4 if i % 2 else 8, 8)
+            for i, n in enumerate(quantizable_layers(fp_unet))}
+    mixed = _quantize(fp_unet, BitMap(bits))
+    for sim_unet in (w8a8, mixed):
+        unet, report = convert(copy.deepcopy(sim_unet))
+        rec = _record(sim_unet, list(shortcuts), _batch(fp_unet.config, 9))
+        for name in shortcuts:
+            sim, layer = sim_unet.get_submodule(name), unet.get_submodule(name)
+            assert sim.split_weight and tuple(layer.weight_scale.shape) == (layer.out_channels, 2)
+            assert not torch.equal(layer.weight_scale[:, 0], layer.weight_scale[:, 1])
+            assert len(layer.parts) == 2
+            x, y_sim = rec[name]
+            with torch.no_grad():
+                accs, y = layer.accumulators(x), layer(x)
+            for acc, want in zip(accs, _exact_accumulators(sim, x)):
+                assert torch.equal(acc.double(), want), name
+            assert quantizer.sqnr_db(y_sim, y) > 90, name
+            # one scale for both slices (the old layout) would not reproduce the simulation
+            wrong = layer.weight_scale[:, :1].expand(-1, 2).contiguous()
+            for i in range(2):
+                setattr(layer, f"slice_scale_{i}", wrong[:, i].contiguous())
+            with torch.no_grad():
+                assert quantizer.sqnr_db(y_sim, layer(x)) < 60, name
 
 
 def test_w8a8_whole_unet(fp_unet, w8a8):

@@ -50,7 +50,9 @@ def test_plan_builds_typed_options(tmp_path):
     assert stages["sensitivity"]["out"] == "$OUT/sensitivity/sens.csv"
     assert stages["sensitivity"]["calib"] == "$OUT/calib"
     alloc = stages["allocate mixed"]
-    assert "model" not in alloc
+    # paper: split mode with the final pick measured on images of calibration prompts
+    assert alloc["model"]["model"] == "tiny" and alloc["calib"] == "$OUT/calib"
+    assert (alloc["options"]["mode"], alloc["options"]["pick"]) == ("split", "images")
     assert (alloc["options"]["weight_bits"], alloc["options"]["act_bits"]) == (4.0, 8.0)
     assert alloc["options"]["protect"] == "$OUT/sensitivity/sens.protect.txt"
     assert alloc["out"] == "$OUT/variants/mixed/bitmap.json"

@@ -116,7 +116,7 @@ def test_allocate_refuses_a_table_missing_a_model_layer(tiny_dir, tiny_table, tm
     from quant.bitmap import BitMap
 
     path, layers = tiny_table
-    options = AllocateOptions(weight_bits=4.0, act_bits=8.0)
+    options = AllocateOptions(weight_bits=4.0, act_bits=8.0, pick="predicted")
     full = allocate(options, path, tmp_path / "map.json", model=ModelSpec(str(tiny_dir)),
                     log=lambda s: None)
     full.bit_map.validate(layers)  # a complete table: a map that quantize accepts
@@ -129,7 +129,8 @@ def test_allocate_refuses_a_table_missing_a_model_layer(tiny_dir, tiny_table, tm
         allocate(options, partial, tmp_path / "partial.json", model=ModelSpec(str(tiny_dir)))
     assert not (tmp_path / "partial.json").exists()
     assert main(["allocate", "--sensitivity", str(partial), "--weight-bits", "4", "--act-bits",
-                 "8", "--model", str(tiny_dir), "--out", str(tmp_path / "cli.json")]) == 2
+                 "8", "--model", str(tiny_dir), "--pick", "predicted",
+                 "--out", str(tmp_path / "cli.json")]) == 2
     assert f"layer {missing} of the model is missing" in _one_line_error(capsys, "allocate")
     # without the model nothing is known to be missing: the map is written, and quantize's
     # check is the one that catches it

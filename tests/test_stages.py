@@ -61,7 +61,7 @@ def test_option_types_and_values():
 
 RUN = """
 model: {model}
-calibrate: {{prompts: {prompts}, num_prompts: 2, batch_size: 2}}
+calibrate: {{prompts: {prompts}, num_prompts: 4, batch_size: 2}}
 sensitivity: {{batch_size: 2, weight_bits: [4, 8], act_bits: [8], no_progress: true}}
 variants:
   - {{name: w8a8, quantize: {{w_bits: 8, a_bits: 8, batch_size: 2, no_progress: true}}}}
@@ -114,7 +114,7 @@ def test_python_api_reproduces_mixdq_run_byte_for_byte(tiny_dir, tmp_path, monke
     (tmp_path / "api").mkdir()
     monkeypatch.chdir(tmp_path / "api")
     model, out = ModelSpec(str(tiny_dir)), Path("run")
-    calibrate(model, CalibrateOptions(prompts=str(PROMPTS), num_prompts=2, batch_size=2),
+    calibrate(model, CalibrateOptions(prompts=str(PROMPTS), num_prompts=4, batch_size=2),
               out / "calib")
     sens = out / "sensitivity" / "sens.csv"
     sensitivity(model, SensitivityOptions(batch_size=2, weight_bits=(4, 8), act_bits=(8,),
@@ -125,7 +125,8 @@ def test_python_api_reproduces_mixdq_run_byte_for_byte(tiny_dir, tmp_path, monke
     bitmap = out / "variants" / "mixed" / "bitmap.json"
     allocate(AllocateOptions(weight_bits=6.0, act_bits=10.0, weight_candidates={"content": (4, 8)},
                              act_candidates={"content": (8,), "quality": (8,)},
-                             protect=str(sens.with_name("sens.protect.txt"))), sens, bitmap)
+                             protect=str(sens.with_name("sens.protect.txt"))), sens, bitmap,
+             model=model, calib=out / "calib")  # paper: the pick is measured on images
     mixed = out / "variants" / "mixed" / "quant"
     quantize(model, QuantizeOptions(bit_map=str(bitmap), batch_size=2), out / "calib", mixed)
     benchmark(model, BenchmarkOptions(prompt=("a red bus", "two cats"), inception="tiny",

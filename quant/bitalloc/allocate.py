@@ -11,6 +11,15 @@ the target, checked in exact integer arithmetic, and the achieved value is repor
   protected layer counts as 16 bits (it stays fp16) and cannot be changed.
 - megabytes: ``sum(size * bits) / 8 / 1e6`` - the integer weights only (decimal MB; per-channel
   scales and biases are not counted: they are the same for every allocation).
+
+Weight bits are counted as stored (``AllocConfig.weight_storage``): ``packed`` counts each width
+at its bits, which is what a checkpoint holds (2-bit weights four per byte), so the weight MB
+equals the checkpoint's integer bytes; ``int4`` counts 2- and 3-bit weights at 4 bits, which is
+what the CUDA deployment keeps resident.
+
+In split mode with a ``band`` (the original's +-0.02), each group's average lands within the
+band of its share, so the total may exceed the budget by up to ``band`` average bits (the
+original's released "W5.02" map was made for a 5-bit budget); the achieved value is reported.
 """
 
 from __future__ import annotations
@@ -24,10 +33,13 @@ from ..bitmap import BitMap, LayerBits
 from ..errors import MixDQError
 from .config import PROTECTED_ACT_BITS, AllocConfig
 from .objective import Objective, Prediction
-from .solver import Solution, solve_mckp
+from .solver import InfeasibleBudget, Solution, solve_mckp
 from .table import SensitivityTable
 
 #: ``score(target, bits) -> loss``: picks among the split mode's candidates (lower is better).
+#: A score may also define ``with_weights(weight_bits) -> score``: :func:`allocate` then rates
+#: the activation candidates with that one, i.e. with the chosen weights in place (the
+#: original's order: weights first with activations in float, then activations).
 ScoreFn = Callable[[str, Mapping[str, "int | None"]], float]
 
 
@@ -132,9 +144,8 @@ def cost_range(table: SensitivityTable, target: str, config: AllocConfig,
     """``(min_cost, max_cost, total_size)``: the range of ``sum(size * bits)`` for ``target``."""
     obj = Objective(table, target, config, protected)
     fixed = _fixed_cost(table, obj)
-    sizes = {n: table.get(n, target).size for n in obj.layers}
-    lo = fixed + sum(sizes[n] * obj.options[n][0] for n in obj.layers)
-    hi = fixed + sum(sizes[n] * obj.options[n][-1] for n in obj.layers)
+    lo = fixed + sum(min(obj.cost(n, b) for b in obj.options[n]) for n in obj.layers)
+    hi = fixed + sum(max(obj.cost(n, b) for b in obj.options[n]) for n in obj.layers)
     return lo, hi, sum(table.get(n, target).size for n in table.layers)
 
 
@@ -170,7 +181,9 @@ def allocate_target(table: SensitivityTable, target: str, budget: Budget,
     capacity = budget.capacity(total)
     # A budget above the widest allocation is met by it (the budget is an upper bound); the
     # achieved value in the result shows what it came to.
-    if capacity < lo:
+    band = config.band if config.mode == "split" else None
+    slack = 0 if band is None else math.floor(Fraction(band).limit_denominator(10 ** 6) * total)
+    if capacity + slack < lo:
         raise MixDQError(_infeasible(target, budget, lo, hi, total))
     fixed = _fixed_cost(table, obj)
     if capacity >= hi:
@@ -185,8 +198,8 @@ def allocate_target(table: SensitivityTable, target: str, budget: Budget,
     else:
         bits, status, seconds, ratio, solves = _split(table, obj, capacity - fixed, score)
     bits.update({n: None for n in obj.protected})
-    cost = fixed + sum(table.get(n, target).size * bits[n] for n in obj.layers)
-    assert cost <= capacity, "solver returned an allocation over the budget"
+    cost = fixed + sum(obj.cost(n, bits[n]) for n in obj.layers)
+    assert cost <= capacity + slack, "solver returned an allocation over the budget"
     return ProgramResult(target, config.mode, budget, {n: bits[n] for n in table.layers}, cost,
                          total, _group_bits(table, obj, bits), obj.predict(bits), status,
                          seconds, ratio, solves)
@@ -218,19 +231,22 @@ def allocate(table: SensitivityTable, weight_budget: Budget | None, act_budget: 
     if weight_budget is not None:
         w = allocate_target(table, "weight", weight_budget, config, protected, score)
     if act_budget is not None:
-        a = allocate_target(table, "act", act_budget, config, protected, score)
+        act_score = score
+        if score is not None and w is not None and hasattr(score, "with_weights"):
+            act_score = score.with_weights(w.bits)
+        a = allocate_target(table, "act", act_budget, config, protected, act_score)
     bit_map = BitMap({n: LayerBits(w.bits[n] if w else None, a.bits[n] if a else None)
                       for n in table.layers})
     return Allocation(bit_map, w, a)
 
 
 def _solve(table, obj: Objective, layers: list[str], loss_fn, capacity: int,
-           name: str) -> Solution:
+           name: str, min_capacity: int = 0) -> Solution:
     losses = [[loss_fn(n, b) for b in obj.options[n]] for n in layers]
-    costs = [[table.get(n, obj.target).size * b for b in obj.options[n]] for n in layers]
+    costs = [[obj.cost(n, b) for b in obj.options[n]] for n in layers]
     if not layers:
         return Solution([], 0.0, 0, "Trivial", 0.0)
-    return solve_mckp(losses, costs, capacity, name=f"mixdq_{name}")
+    return solve_mckp(losses, costs, capacity, name=f"mixdq_{name}", min_capacity=min_capacity)
 
 
 def _bits(obj: Objective, layers: list[str], sol: Solution) -> dict[str, int | None]:
@@ -238,35 +254,78 @@ def _bits(obj: Objective, layers: list[str], sol: Solution) -> dict[str, int | N
 
 
 def _split(table, obj: Objective, capacity: int, score: ScoreFn | None):
-    """The original's scheme: each group maximises its own metric within its share."""
+    """The original's scheme: each group maximises its own metric within its share.
+
+    For each share ``r`` of the budget above both groups' minimum, the content group gets
+    ``lo_c + r * slack`` and the quality group the rest; with a ``band`` each group's average
+    must land within ``+-band`` bits of its share (shares no allocation can meet are skipped),
+    without one the share is an upper bound. The best candidate by ``score`` wins.
+    """
     groups = {g: [n for n in obj.layers if table.group(n) == g] for g in ("content", "quality")}
-    size = {n: table.get(n, obj.target).size for n in obj.layers}
-    lo = {g: sum(size[n] * obj.options[n][0] for n in ls) for g, ls in groups.items()}
-    hi = {g: sum(size[n] * obj.options[n][-1] for n in ls) for g, ls in groups.items()}
+    gsize = {g: sum(table.get(n, obj.target).size for n in ls) for g, ls in groups.items()}
+    lo = {g: sum(min(obj.cost(n, b) for b in obj.options[n]) for n in ls)
+          for g, ls in groups.items()}
+    hi = {g: sum(max(obj.cost(n, b) for b in obj.options[n]) for n in ls)
+          for g, ls in groups.items()}
     slack = capacity - lo["content"] - lo["quality"]
     regret = {n: max(obj.value(n, b) for b in obj.options[n]) for n in obj.layers}
-    solved: dict[tuple[str, int], Solution] = {}
-    seconds, best = 0.0, None
-    for ratio in obj.config.split_ratios:
-        cap_c = min(lo["content"] + math.floor(ratio * slack), hi["content"])
-        cap_q = min(capacity - cap_c, hi["quality"])
-        cap_c = min(capacity - cap_q, hi["content"])
-        bits: dict[str, int | None] = {}
-        statuses = []
-        for g, cap in (("content", cap_c), ("quality", cap_q)):
-            if (g, cap) not in solved:
-                solved[g, cap] = _solve(table, obj, groups[g],
-                                        lambda n, b: regret[n] - obj.value(n, b), cap,
-                                        f"{obj.target}_{g}")
-                seconds += solved[g, cap].solve_s
-            bits.update(_bits(obj, groups[g], solved[g, cap]))
-            statuses.append(solved[g, cap].status)
-        full = dict(bits, **{n: None for n in obj.protected})
-        value = score(obj.target, full) if score is not None else obj.predict(bits).loss
-        if best is None or value < best[0]:
-            status = "Optimal" if all(s in ("Optimal", "Trivial") for s in statuses) else \
-                "; ".join(statuses)
-            best = (value, bits, status, ratio)
+    solved: dict[tuple[str, int, int], Solution | None] = {}
+    seconds, scored = 0.0, {}
+
+    def attempt(band):
+        nonlocal seconds
+        best = None
+        for ratio in obj.config.ratios(obj.target):
+            cap_c = min(lo["content"] + math.floor(ratio * max(slack, 0)), hi["content"])
+            cap_q = min(capacity - cap_c, hi["quality"])
+            cap_c = min(capacity - cap_q, hi["content"])
+            bits: dict[str, int | None] = {}
+            statuses = []
+            for g, cap in (("content", cap_c), ("quality", cap_q)):
+                if band is None:
+                    low, high = 0, cap
+                else:
+                    width = math.floor(Fraction(band).limit_denominator(10 ** 6) * gsize[g])
+                    low, high = cap - width, cap + width
+                key = (g, low, high)
+                if key not in solved:
+                    try:
+                        solved[key] = _solve(table, obj, groups[g],
+                                             lambda n, b: regret[n] - obj.value(n, b), high,
+                                             f"{obj.target}_{g}", min_capacity=max(low, 0))
+                        seconds += solved[key].solve_s
+                    except InfeasibleBudget:
+                        solved[key] = None
+                if solved[key] is None:
+                    break
+                bits.update(_bits(obj, groups[g], solved[key]))
+                statuses.append(solved[key].status)
+            else:
+                full = dict(bits, **{n: None for n in obj.protected})
+                signature = tuple(sorted(bits.items()))
+                if signature not in scored:
+                    scored[signature] = (score(obj.target, full) if score is not None
+                                         else obj.predict(bits).loss)
+                value = scored[signature]
+                if best is None or value < best[0]:
+                    status = "Optimal" if all(s in ("Optimal", "Trivial") for s in statuses) \
+                        else "; ".join(statuses)
+                    best = (value, bits, status, ratio)
+        return best
+
+    # The band is the original's +-0.02 bits; a small model's layers can be too coarse for any
+    # share to land that close: then the shares become upper bounds (the status says so).
+    band = obj.config.band
+    best = attempt(band)
+    if best is None and band is not None:
+        best = attempt(None)
+        if best is not None:
+            best = (best[0], best[1], best[2] + " (no share within the band: shares as upper "
+                    "bounds)", best[3])
+    if best is None:
+        raise MixDQError(f"{obj.target}: no budget share between the groups lets both land "
+                         f"within +-{band} average bits of their share; widen the band or "
+                         f"change the budget")
     return best[1], best[2], seconds, best[3], len(solved)
 
 
@@ -280,7 +339,7 @@ def _group_bits(table, obj: Objective, bits) -> dict[str, float]:
         names = [n for n in obj.layers if table.group(n) == g]
         total = sum(table.get(n, obj.target).size for n in names)
         if total:
-            out[g] = sum(table.get(n, obj.target).size * bits[n] for n in names) / total
+            out[g] = sum(obj.cost(n, bits[n]) for n in names) / total
     return out
 
 

@@ -79,6 +79,10 @@ class Objective:
                 factor /= worst
             self.scale[group] = factor
 
+    def cost(self, layer: str, bits: int) -> int:
+        """What ``layer`` at ``bits`` adds to the budget: ``size * counted bits``."""
+        return self.table.get(layer, self.target).size * self.config.cost_bits(self.target, bits)
+
     def _raw(self, layer: str, bits: int) -> float:
         m = self.table.get(layer, self.target)
         if m.group == "content" and self.config.content_metric == "ssim":

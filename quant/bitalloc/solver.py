@@ -51,8 +51,12 @@ class InfeasibleBudget(ValueError):
         self.capacity = capacity
 
 
+# Seconds CBC may spend proving one program optimal (SDXL's 794-layer programs take 1-3 s).
+CBC_TIME_LIMIT_S = 10
+
+
 def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]],
-               capacity: int, name: str = "mixdq") -> Solution:
+               capacity: int, name: str = "mixdq", min_capacity: int = 0) -> Solution:
     """Minimise the summed loss, one option per layer, with the summed cost within ``capacity``.
 
     Args:
@@ -60,12 +64,15 @@ def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]]
         costs: ``costs[i][k]``, non-negative integer cost of the same option.
         capacity: the largest allowed summed cost (inclusive).
         name: a name for the pulp problem (shows in solver logs).
+        min_capacity: the smallest allowed summed cost (inclusive; the original's budget band).
 
     Returns:
-        The proven optimum as a :class:`Solution`.
+        The optimum as a :class:`Solution` (its status says when CBC ran out of time before
+        proving it).
 
     Raises:
-        InfeasibleBudget: when even the cheapest options exceed ``capacity``.
+        InfeasibleBudget: when even the cheapest options exceed ``capacity``, or no choice
+            lands in ``[min_capacity, capacity]``.
         MixDQError: when CBC cannot run or does not report a proven optimum (it always should
             for a feasible program of this kind).
     """
@@ -75,16 +82,23 @@ def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]]
     min_cost = sum(min(c) for c in costs)
     if min_cost > capacity:
         raise InfeasibleBudget(min_cost, capacity)
+    if sum(max(c) for c in costs) < min_capacity:
+        raise InfeasibleBudget(min_cost, capacity)
     start = time.perf_counter()
-    if all(len(c) == 1 for c in costs):
+    if all(len(c) == 1 for c in costs) and min_cost >= min_capacity:
         picks = [0] * len(costs)
         return _solution(picks, losses, costs, "Trivial", time.perf_counter() - start)
     lowered = 0
     for _ in range(3):
-        picks = _cbc(losses, costs, capacity - lowered, name)
+        found = _cbc(losses, costs, capacity - lowered, name, min_capacity)
+        if found is None:
+            raise InfeasibleBudget(min_cost, capacity)
+        picks, proven = found
         cost = sum(c[k] for c, k in zip(costs, picks))
         if cost <= capacity:
-            status = "Optimal" if not lowered else f"Optimal (capacity lowered by {lowered})"
+            status = "Optimal" if proven else f"Feasible (best in {CBC_TIME_LIMIT_S} s, not proven)"
+            if lowered:
+                status += f" (capacity lowered by {lowered})"
             picks = _prefer_costlier_ties(picks, losses, costs, capacity)
             return _solution(picks, losses, costs, status, time.perf_counter() - start)
         lowered += cost - (capacity - lowered)  # CBC's excess over the row it was given
@@ -114,7 +128,9 @@ def _solution(picks, losses, costs, status, seconds) -> Solution:
     return Solution(picks, loss, cost, status, seconds)
 
 
-def _cbc(losses, costs, capacity: int, name: str) -> list[int]:
+def _cbc(losses, costs, capacity: int, name: str, min_capacity: int = 0
+         ) -> tuple[list[int], bool] | None:
+    """CBC's choice per layer and whether it is a proven optimum (None: infeasible)."""
     import pulp
 
     # Shift each layer's losses so that its best option costs 0: the same optimum, and CBC sees
@@ -140,12 +156,22 @@ def _cbc(losses, costs, capacity: int, name: str) -> list[int]:
         prob += pulp.lpSum(xs) == 1, f"one_{i}"
     prob += (pulp.lpSum((c // g) * var for row, xs in zip(costs, x) for c, var in zip(row, xs)
                         if c) <= capacity // g, "budget")
+    if min_capacity > 0:
+        prob += (pulp.lpSum((c // g) * var for row, xs in zip(costs, x)
+                            for c, var in zip(row, xs) if c) >= -(-min_capacity // g), "band")
     try:
-        prob.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0))
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0,
+                                     timeLimit=CBC_TIME_LIMIT_S))
     except pulp.PulpSolverError as e:
         raise MixDQError(f"the CBC solver bundled with pulp could not run "
                          f"({str(e).splitlines()[0]}); reinstall pulp") from None
-    if prob.status != pulp.LpStatusOptimal or prob.sol_status != pulp.LpSolutionOptimal:
+    if min_capacity > 0 and prob.status == pulp.LpStatusInfeasible:
+        return None
+    proven = prob.status == pulp.LpStatusOptimal and prob.sol_status == pulp.LpSolutionOptimal
+    # Stopped by the time limit with a solution in hand: programs with many exactly tied losses
+    # (and the split mode's budget band) can take CBC minutes to prove what it found at once.
+    feasible = prob.sol_status == pulp.LpSolutionIntegerFeasible
+    if not (proven or feasible):
         raise MixDQError(f"{name}: CBC ended with status {pulp.LpStatus[prob.status]} "
-                         f"({pulp.LpSolution[prob.sol_status]}), not a proven optimum")
-    return [max(range(len(xs)), key=lambda k: xs[k].varValue or 0.0) for xs in x]
+                         f"({pulp.LpSolution[prob.sol_status]}), no solution")
+    return [max(range(len(xs)), key=lambda k: xs[k].varValue or 0.0) for xs in x], proven

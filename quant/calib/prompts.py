@@ -3,7 +3,9 @@
 Sources, told apart by their form:
 
 - a COCO caption annotation JSON (``captions_val2014.json`` format): the first caption of each
-  image, images in file order, "first" in ``annotations`` order (what MixDQ calibrates on);
+  image, images in the order of their first appearance in ``annotations`` (what MixDQ calibrates
+  on; ``coco_order="images"`` takes the ``images`` list's order instead); images without a caption
+  come last and are reported as empty;
 - a ``.csv`` / ``.tsv`` file with a header and a text column (default ``text``, as in the
   COCO-30k prompt list);
 - a ``.txt`` file with one prompt per line;
@@ -70,7 +72,10 @@ class PromptSet:
                 "skipped_empty": len(self.empty), "skipped_duplicates": len(self.duplicates)}
 
 
-def _coco(path: Path) -> list[str | None]:
+COCO_ORDERS = ("annotations", "images")
+
+
+def _coco(path: Path, order: str = "annotations") -> list[str | None]:
     obj = _json(path)
     if not (isinstance(obj, dict) and isinstance(obj.get("images"), list)
             and isinstance(obj.get("annotations"), list)):
@@ -80,7 +85,12 @@ def _coco(path: Path) -> list[str | None]:
     try:
         for ann in obj["annotations"]:
             first.setdefault(ann["image_id"], ann["caption"])
-        return [first.get(image["id"]) for image in obj["images"]]
+        if order == "images":
+            return [first.get(image["id"]) for image in obj["images"]]
+        ids = {image["id"] for image in obj["images"]}
+        # dicts keep insertion order: ``first`` is in order of first appearance in annotations
+        return ([caption for image_id, caption in first.items() if image_id in ids]
+                + [None for image in obj["images"] if image["id"] not in first])
     except (KeyError, TypeError):
         raise MixDQError(f"{path}: COCO entries lack 'id', 'image_id' or 'caption'") from None
 
@@ -149,7 +159,8 @@ def _is_saved_dataset(path: Path) -> bool:
                                  ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
-def _entries(source: str, column: str, split: str | None) -> tuple[str, list]:
+def _entries(source: str, column: str, split: str | None,
+             coco_order: str = "annotations") -> tuple[str, list]:
     if source.startswith("hf:"):
         return "datasets", _datasets(source, column, split)
     path = Path(source).expanduser()
@@ -162,7 +173,7 @@ def _entries(source: str, column: str, split: str | None) -> tuple[str, list]:
         return "datasets", _datasets(str(path), column, split)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return "coco", _coco(path)
+        return "coco", _coco(path, coco_order)
     if suffix in (".csv", ".tsv"):
         return suffix[1:], _table(path, column, "," if suffix == ".csv" else "\t")
     if suffix == ".txt":
@@ -172,7 +183,8 @@ def _entries(source: str, column: str, split: str | None) -> tuple[str, list]:
 
 
 def read_prompts(source: str, *, num_prompts: int | None = None, column: str = "text",
-                 shuffle: bool = False, seed: int = 0, split: str | None = None) -> PromptSet:
+                 shuffle: bool = False, seed: int = 0, split: str | None = None,
+                 coco_order: str = "annotations") -> PromptSet:
     """Read prompts from ``source``, skipping (and reporting) empty and repeated ones.
 
     Args:
@@ -182,6 +194,8 @@ def read_prompts(source: str, *, num_prompts: int | None = None, column: str = "
         shuffle: take a random sample (seeded by ``seed``) instead of the first ``num_prompts``.
         seed: seed of the sample when ``shuffle`` is set.
         split: dataset split (default ``train``, or the only one).
+        coco_order: image order of a COCO file: ``annotations`` (first appearance there, the
+            original's; method ``paper``) or ``images`` (the ``images`` list).
 
     Returns:
         A :class:`PromptSet`.
@@ -192,7 +206,9 @@ def read_prompts(source: str, *, num_prompts: int | None = None, column: str = "
     """
     if num_prompts is not None and num_prompts < 1:
         raise MixDQError(f"--num-prompts must be a positive integer, got {num_prompts}")
-    kind, entries = _entries(str(source), column, split)
+    if coco_order not in COCO_ORDERS:
+        raise MixDQError(f"coco_order must be one of {', '.join(COCO_ORDERS)}, got {coco_order!r}")
+    kind, entries = _entries(str(source), column, split, coco_order)
     # Without shuffling only the first num_prompts usable entries matter; stop there.
     wanted = None if shuffle else num_prompts
     prompts, seen, empty, duplicates = [], set(), [], []
@@ -220,7 +236,8 @@ def read_prompts(source: str, *, num_prompts: int | None = None, column: str = "
 
 
 def load_prompts(source: str, *, num_prompts: int | None = None, column: str = "text",
-                 shuffle: bool = False, seed: int = 0, split: str | None = None) -> list[str]:
+                 shuffle: bool = False, seed: int = 0, split: str | None = None,
+                 coco_order: str = "annotations") -> list[str]:
     """The prompts of :func:`read_prompts` as a plain list (same arguments)."""
     return read_prompts(source, num_prompts=num_prompts, column=column, shuffle=shuffle,
-                        seed=seed, split=split).prompts
+                        seed=seed, split=split, coco_order=coco_order).prompts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import MixDQError
-from .common import stage_options
+from .common import add_method_args, add_model_args, model_spec, stage_options
 
 
 def register(sub):
@@ -29,8 +29,9 @@ def register(sub):
                    help="bit map (.json/.yaml); with --sweep the front's .csv (plot beside it)")
     p.add_argument("--config", metavar="FILE", help="allocation settings (YAML/JSON AllocConfig)")
     p.add_argument("--mode", choices=["joint", "split"], default=None,
-                   help="joint: one program over both groups with normalised losses (default); "
-                   "split: the original's per-group programs and budget-ratio grid")
+                   help="split: the original's per-group programs over a grid of budget "
+                   "shares (the method's default); joint: one program over both groups with "
+                   "normalised losses")
     p.add_argument("--content-metric", choices=["ssim", "sqnr"], default=None,
                    help="metric of the content group (default ssim)")
     p.add_argument("--normalize", choices=["group", "none"], default=None,
@@ -46,15 +47,27 @@ def register(sub):
                    "range and write the Pareto front (CSV + PNG)")
     p.add_argument("--points", type=int, default=17, metavar="N",
                    help="budgets per target in --sweep (default 17)")
-    p.add_argument("--model", default=None,
-                   help="the model the table was measured on (Hub id, folder, 'tiny'): the "
-                   "table must then have every quantizable layer of its UNet (read from its "
-                   "configuration; no weights are loaded)")
+    p.add_argument("--weight-storage", choices=("packed", "int4"), default=None,
+                   help="count 2-bit weights at 2 bits as checkpoints store them (packed, the "
+                   "method's default) or at 4 bits as the CUDA path keeps them (int4)")
+    p.add_argument("--pick", choices=("images", "predicted"), default=None,
+                   help="split mode's final pick among budget shares: measured on generated "
+                   "images against full precision (images, the method's default; needs --calib "
+                   "and the model) or by the predicted loss")
+    p.add_argument("--pick-prompts", type=int, default=None, metavar="N",
+                   help="calibration prompts the measured pick generates (default 4, at least 4)")
+    p.add_argument("--calib", metavar="CALIB_DIR", default=None,
+                   help="calibration folder for the measured pick (its first prompts, seeds and "
+                   "generation settings)")
+    add_model_args(p)
+    # no default model: without --model the table's coverage is not checked
+    p.set_defaults(model=None)
+    add_method_args(p)
     return p
 
 
 def run(args) -> int:
-    from ..stages import AllocateOptions, ModelSpec, allocate
+    from ..stages import AllocateOptions, allocate
 
     candidates = {key: _candidates(getattr(args, key), key)
                   for key in ("weight_candidates", "act_candidates")
@@ -64,7 +77,7 @@ def run(args) -> int:
                                  ("act_bits", "average bits"))
                if getattr(args, key) is not None}
     allocate(stage_options(AllocateOptions, args, **candidates, **budgets), args.sensitivity,
-             args.out, model=ModelSpec(args.model) if args.model else None)
+             args.out, model=model_spec(args) if args.model else None, calib=args.calib)
     return 0
 
 

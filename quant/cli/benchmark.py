@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-from .common import add_model_args, model_spec, positive_int, stage_options
+from ..errors import MixDQError
+from .common import (add_coco_order_arg, add_method_args, add_model_args, model_spec,
+                     positive_int, stage_options)
 
 
 def register(sub):
@@ -65,6 +67,8 @@ def register(sub):
     t.add_argument("--latency-repeats", type=positive_int, default=10)
     t.add_argument("--latency-warmup", type=int, default=3)
     t.add_argument("--cuda-graphs", action="store_true", help="time CUDA graph replays")
+    add_method_args(p)
+    add_coco_order_arg(p)
     return p
 
 
@@ -81,9 +85,12 @@ def _named(item: str) -> tuple[str | None, str]:
 
 def _proxy_ablation(args) -> int:
     """``--model proxy`` without --quantized/--prompts: MixDQ's ablation on the trained proxy."""
-    from ..proxy.ablation import markdown, run_ablation
+    from ..proxy.ablation import AblationConfig, markdown, run_ablation
 
-    report = run_ablation(args.out, device=args.device)
+    if args.switches:
+        raise MixDQError("--switch: the proxy ablation takes a method preset (--method), "
+                         "not single switches")
+    report = run_ablation(args.out, AblationConfig(method=args.method), device=args.device)
     print(markdown(report), end="")
     print(f"wrote {args.out}/ablation.json, ablation.md, ablation_grid.png")
     return 0

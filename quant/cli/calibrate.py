@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import add_model_args, model_spec, positive_int, stage_options
+from .common import (add_coco_order_arg, add_dtype_arg, add_method_args, add_model_args,
+                     model_spec, positive_int, stage_options)
 
 
 def register(sub):
@@ -36,6 +37,9 @@ def register(sub):
     p.add_argument("--seed", type=int, default=42, help="prompt i uses seed + i")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", required=True, metavar="CALIB_DIR", help="calibration folder")
+    add_method_args(p)
+    add_coco_order_arg(p)
+    add_dtype_arg(p)
     return p
 
 

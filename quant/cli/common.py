@@ -26,6 +26,32 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "(default: the model's, or the one its LoRA needs)")
 
 
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    """``--method`` and ``--switch``: the same meaning for every stage (see docs/METHODS.md)."""
+    from ..methods import DEFAULT_METHOD, METHODS, SWITCHES
+
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="paper: the original MixDQ's choices (default); plus: paper with the "
+                   "switches measured to help; settings given explicitly override the method")
+    p.add_argument("--switch", action="append", dest="switches", default=[], metavar="NAME",
+                   choices=tuple(SWITCHES),
+                   help=f"a named deviation from paper on top of --method (repeatable): "
+                   f"{', '.join(SWITCHES)}")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """``--compute-dtype`` of the full-precision stages (calibrate, sensitivity)."""
+    p.add_argument("--compute-dtype", choices=("float32", "float16"), default=None,
+                   help="the pipeline's dtype when --dtype is not given (default: the method's, "
+                   "float32 for paper, also on CUDA)")
+
+
+def add_coco_order_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coco-order", choices=("annotations", "images"), default=None,
+                   help="COCO caption JSON: first caption per image, images in order of first "
+                   "appearance in 'annotations' (the method's default) or of the 'images' list")
+
+
 def model_spec(args):
     """The :class:`~quant.models.ModelSpec` the model arguments of a subcommand describe."""
     from ..models.spec import ModelSpec

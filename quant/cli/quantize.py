@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, model_spec, positive_int, stage_options
+from .common import add_method_args, add_model_args, model_spec, positive_int, stage_options
 
 
 def bits_arg(text: str) -> int | None:
@@ -34,8 +34,12 @@ def register(sub):
                    help="uniform activation bits 4..8 or fp (instead of --bit-map)")
     p.add_argument("--no-bos", action="store_true",
                    help="quantize the BOS token like the others (ablation)")
-    p.add_argument("--weight-scale", choices=["mse", "minmax"], default="mse",
-                   help="weight clipping: MSE search (default) or min-max as the original")
+    p.add_argument("--weight-scale", choices=["mse", "minmax"], default=None,
+                   help="weight scales: min-max as the original (the method's default) or "
+                   "MSE-searched clipping")
+    p.add_argument("--conv1-split", action=argparse.BooleanOptionalAction, default=None,
+                   help="also split the up-block resnets' conv1 input into hidden/skip "
+                   "activation quantizers (default: the method's, off for paper)")
     p.add_argument("--momentum", type=float, default=0.95,
                    help="moving-average momentum of the activation ranges")
     p.add_argument("--range-reduction", choices=["auto", "ema", "minmax", "mean"], default="auto",
@@ -50,6 +54,7 @@ def register(sub):
                    help="calibration samples per UNet call")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", required=True, metavar="QUANT_DIR", help="checkpoint folder")
+    add_method_args(p)
     return p
 
 

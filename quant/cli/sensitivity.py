@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, model_spec, positive_int, stage_options
+from .common import (add_dtype_arg, add_method_args, add_model_args, model_spec, positive_int,
+                     stage_options)
 
 
 def _bits(text: str) -> tuple[int, ...]:
@@ -46,13 +47,18 @@ def register(sub):
                         "attn2 and ff)")
     p.add_argument("--ssim", choices=("content", "all", "none"), default="content",
                    help="which layers also get the image SSIM (default content)")
-    p.add_argument("--ssim-size", type=positive_int, default=32,
-                   help="SSIM compares images area-downsampled to this side (default 32)")
+    p.add_argument("--ssim-size", type=int, default=None, metavar="N",
+                   help="SSIM compares images area-downsampled to this side; 0: at the decoded "
+                   "resolution with the original's near-global window (the method's default)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="calibration samples per UNet call (default 8)")
     p.add_argument("--protect-fraction", type=_fraction, default=0.01,
                    help="share of activation layers to keep in floating point (default 0.01)")
-    p.add_argument("--weight-scale", choices=("mse", "minmax"), default="mse")
+    p.add_argument("--weight-scale", choices=("mse", "minmax"), default=None,
+                   help="weight scales: min-max (the method's default) or MSE-searched clipping")
+    p.add_argument("--protect-rule", choices=("group", "global"), default=None,
+                   help="protect list: 1%% per group at A8, quality by SQNR and content by SSIM "
+                   "(group, the method's default) or all layers by SQNR at the lowest bits")
     p.add_argument("--no-bos", action="store_true",
                    help="no BOS-aware quantization of cross-attention key/value inputs")
     p.add_argument("--block-cache", choices=("fine", "blocks"), default="fine",
@@ -60,6 +66,8 @@ def register(sub):
     p.add_argument("--layers", default=None, metavar="REGEX",
                    help="measure only the layers whose name matches")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_method_args(p)
+    add_dtype_arg(p)
     return p
 
 

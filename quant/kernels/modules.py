@@ -238,7 +238,9 @@ class IntConv2d(nn.Module):
     """Integer ``nn.Conv2d`` on NHWC int8 (implicit GEMM; pointwise convs as a GEMM).
 
     Input channel slices with their own quantizers (``concat(hidden, skip)``) are separate GEMMs
-    whose outputs are summed. The output is an NCHW view of an NHWC tensor (channels last).
+    whose outputs are summed; with a weight scale per slice (``weight_scale`` ``[out, slices]``,
+    the original's ``conv_shortcut``) slice ``i``'s epilogue uses column ``i``. The output is an
+    NCHW view of an NHWC tensor (channels last).
     """
 
     is_deployed_module = True
@@ -248,7 +250,8 @@ class IntConv2d(nn.Module):
                  padding: tuple[int, int], dilation: tuple[int, int], backend: str = "kernels"):
         """Args:
             qweight: int8 ``[out, in, kh, kw]`` integer weight values.
-            w_bits, weight_scale, bias, backend: as for :class:`IntLinear`.
+            w_bits, weight_scale, bias, backend: as for :class:`IntLinear`; ``weight_scale``
+                may also be ``[out, len(acts)]``: one scale per output channel and input slice.
             acts: one quantizer per input-channel slice, covering ``[0, in)`` in order.
             stride, padding, dilation: of the convolution (zero padding, one group).
         """
@@ -266,8 +269,18 @@ class IntConv2d(nn.Module):
         self.parts = nn.ModuleList(
             _Gemm(qweight[:, a.start:a.stop], a, w_bits <= 4, backend,
                   None if self.pointwise else (kh, kw)) for a in acts)
-        self.register_buffer("weight_scale", weight_scale.float().contiguous())
+        scale = weight_scale.float().contiguous()
+        if scale.dim() == 2 and tuple(scale.shape) != (n, len(acts)):
+            raise ValueError(f"weight scales {tuple(scale.shape)}: expected [{n}] or "
+                             f"[{n}, {len(acts)}] (one column per input slice)")
+        self.register_buffer("weight_scale", scale)
+        for i in range(len(acts) if scale.dim() == 2 else 0):  # each slice's epilogue scales
+            self.register_buffer(f"slice_scale_{i}", scale[:, i].contiguous())
         self.register_buffer("bias", None if bias is None else bias.float().contiguous())
+
+    def _scale(self, i: int) -> torch.Tensor:
+        return self.weight_scale if self.weight_scale.dim() == 1 else getattr(
+            self, f"slice_scale_{i}")
 
     def _parts(self, x: torch.Tensor, out_dtype: torch.dtype, bias: bool):
         xs = x.detach().permute(0, 2, 3, 1)  # NHWC view; contiguous if x is channels last
@@ -275,9 +288,9 @@ class IntConv2d(nn.Module):
             xi = xs if len(self.parts) == 1 else xs[..., part.act.start:part.act.stop]
             b = self.bias if bias and i == 0 else None
             if self.pointwise:
-                yield part.linear(xi, self.weight_scale, b, out_dtype)
+                yield part.linear(xi, self._scale(i), b, out_dtype)
             else:
-                yield part.conv_float(xi, self.weight_scale, b, out_dtype, self.stride,
+                yield part.conv_float(xi, self._scale(i), b, out_dtype, self.stride,
                                       self.padding, self.dilation)
 
     @property

@@ -56,8 +56,8 @@ class AblationConfig:
         seed: seed of the first evaluation image (image ``i``: ``seed + i``).
         batch_size: calibration samples per UNet call.
         method: the MixDQ method preset (``paper``/``plus``) passed to every stage's options
-            that has a ``method`` field; ``None`` = the stages' defaults. Refused while no stage
-            has the field.
+            that has a ``method`` field, and its quantize settings to the in-memory
+            quantization; ``None`` = the stages' defaults.
     """
 
     calib_prompts: int = 32
@@ -70,9 +70,10 @@ class AblationConfig:
     def __post_init__(self):
         if min(self.calib_prompts, self.eval_repeats, self.batch_size) < 1:
             raise MixDQError("ablation sizes must be positive")
-        if self.method is not None and not any(map(_takes_method, _stage_options())):
-            raise MixDQError(f"ablation method {self.method!r}: no stage accepts a method preset "
-                             f"yet (use method=None)")
+        if self.method is not None:
+            from ..methods import method_settings
+
+            method_settings(self.method)  # an unknown method: one line
 
 
 def _stage_options() -> tuple:
@@ -155,14 +156,21 @@ class Stages:
         _, w, a, metric = how
         protect = sens_csv.with_name(sens_csv.stem + ".protect.txt")
         options = self.options(AllocateOptions, weight_bits=w, act_bits=a, content_metric=metric,
-                               protect=str(protect))
+                               pick="predicted", protect=str(protect))
         return allocate(options, sens_csv, out, log=lambda line: None).bit_map
 
     def quantize(self, unet, bit_map, calib_dir: Path, options: dict) -> None:
         """Quantize ``unet`` in place, activation ranges from the calibration: the quantize
-        stage's core without its checkpoint (``method`` does not reach it yet)."""
+        stage's core without its checkpoint; the method's quantize settings (weight scales,
+        conv1 split) apply where the variant does not set them."""
         from ..calib import CalibrationData
+        from ..methods import method_settings
         from ..quantize import quantize_unet
+
+        if self.method is not None:
+            preset = method_settings(self.method)["quantize"]
+            options = {**{k: preset[k] for k in ("weight_scale", "conv1_split") if k in preset},
+                       **options}
 
         batches = CalibrationData(calib_dir).batches(self.batch_size, device=unet.device)
         quantize_unet(unet, bit_map, batches, progress=False, **options)

@@ -23,11 +23,18 @@ class SensitivityConfig:
         act_bits: candidate activation bit widths (4..8).
         groups: the content/quality rule.
         ssim: which layers also get the content metric: ``content`` (MixDQ), ``all``, ``none``.
-        ssim_size: SSIM compares images downsampled to this long side (see
+        ssim_size: SSIM compares images downsampled to this long side; ``None`` (the
+            original's) compares them at the decoded resolution (see
             :mod:`quant.sensitivity.metrics`).
         batch_size: calibration samples per UNet call.
         protect_fraction: share of activation layers in the protect list (at least one).
-        weight_scale: weight scale method of the quantized layers (``mse`` or ``minmax``).
+        protect_rule: ``group`` (the original's: per group at A8, quality by SQNR, content by
+            SSIM) or ``global`` (all layers together by SQNR at the lowest bits); see
+            :func:`quant.sensitivity.results.protect_list`.
+        weight_scale: weight scale method of the quantized layers: ``minmax`` (the original's)
+            or ``mse`` (clipping search, method ``plus`` switch ``mse_clipping``).
+        dtype: compute dtype of the measurement on CUDA: ``float32`` (the original's) or
+            ``float16`` (faster; sets a noise floor under the 8-bit rows). CPU is always fp32.
         bos: BOS-aware quantization of cross-attention key/value inputs.
         momentum: moving-average momentum of the activation ranges.
         containers: list names whose items are block-caching units (see
@@ -42,10 +49,12 @@ class SensitivityConfig:
     act_bits: tuple[int, ...] = (4, 8)
     groups: GroupRule = GroupRule()
     ssim: str = "content"
-    ssim_size: int = 32
+    ssim_size: int | None = None
     batch_size: int = 8
     protect_fraction: float = 0.01
-    weight_scale: str = "mse"
+    protect_rule: str = "group"
+    weight_scale: str = "minmax"
+    dtype: str = "float32"
     bos: bool = True
     momentum: float = 0.95
     containers: tuple[str, ...] = DEFAULT_CONTAINERS
@@ -69,6 +78,11 @@ class SensitivityConfig:
             raise MixDQError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if not 0 < self.protect_fraction <= 1:
             raise MixDQError(f"protect fraction must be in (0, 1], got {self.protect_fraction}")
+        if self.protect_rule not in ("group", "global"):
+            raise MixDQError(f"protect rule must be 'group' or 'global', got "
+                             f"{self.protect_rule!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise MixDQError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
         if self.weight_scale not in ("mse", "minmax"):
             raise MixDQError(f"weight scale must be 'mse' or 'minmax', got {self.weight_scale!r}")
         if not 0 <= self.momentum < 1:

@@ -31,7 +31,7 @@ RANGE_WEIGHT_BITS = 8
 
 
 def prepare_fp_base(unet: nn.Module, batches: list[dict], *, bos: bool = True,
-                    weight_scale: str = "mse", momentum: float = 0.95,
+                    weight_scale: str = "minmax", momentum: float = 0.95,
                     progress: bool = False) -> dict[str, nn.Module]:
     """Swap in quantized layers, calibrate their input ranges, and switch them all off.
 

@@ -178,45 +178,88 @@ def read_csv(path: str | os.PathLike) -> list[Row]:
     return rows
 
 
-def protect_list(rows: Iterable[Row], fraction: float = 0.01,
-                 bits: int | None = None) -> list[str]:
+PROTECT_RULES = ("group", "global")
+
+
+def protect_list(rows: Iterable[Row], fraction: float = 0.01, bits: int | None = None,
+                 rule: str = "group") -> list[str]:
     """The activation layers to keep in floating point: the most sensitive ``fraction``.
 
-    Ranked by SQNR of the activation rows at ``bits`` (default: the lowest measured activation
-    bits), lowest first; ties keep table order. At least one layer.
+    - ``rule="group"`` (the original's, method ``paper``): per group, ``ceil(fraction * n)`` of
+      the group's ``n`` measured layers at ``bits`` (default: the highest measured activation
+      bits, A8): the quality layers with the lowest SQNR and the content layers with the lowest
+      SSIM (SQNR where a content layer has no SSIM). On SDXL-Turbo this gives 4 + 5 = 9 layers.
+    - ``rule="global"``: ``round(fraction * n)`` of all layers ranked together by SQNR at
+      ``bits`` (default: the lowest measured activation bits, A4).
+
+    Ties keep table order; at least one layer (per group for ``group``).
 
     Args:
         rows: the sensitivity rows (in table order).
         fraction: share of the measured layers to protect, in ``(0, 1]``.
         bits: activation bit width to rank at.
+        rule: ``group`` or ``global``.
 
     Returns:
-        Layer names, most sensitive first.
+        Layer names, most sensitive first (quality before content for ``group``).
     """
     if not 0 < fraction <= 1:
         raise MixDQError(f"protect fraction must be in (0, 1], got {fraction}")
+    if rule not in PROTECT_RULES:
+        raise MixDQError(f"protect rule must be one of {', '.join(PROTECT_RULES)}, got {rule!r}")
     act = [r for r in rows if r.target == "act"]
     if not act:
         return []
-    bits = min(r.bits for r in act) if bits is None else bits
+    bits = _protect_bits(act, bits, rule)
     ranked = [r for r in act if r.bits == bits]
     if not ranked:
         raise MixDQError(f"no activation measurements at {bits} bits to derive a protect list")
-    count = max(1, round(fraction * len(ranked)))
-    order = sorted(range(len(ranked)), key=lambda i: (ranked[i].sqnr_db, i))
-    return [ranked[i].layer for i in order[:count]]
+    if rule == "global":
+        count = max(1, round(fraction * len(ranked)))
+        order = sorted(range(len(ranked)), key=lambda i: (ranked[i].sqnr_db, i))
+        return [ranked[i].layer for i in order[:count]]
+    names = []
+    for group in ("quality", "content"):
+        members = [r for r in ranked if r.group == group]
+        if not members:
+            continue
+        count = max(1, math.ceil(fraction * len(members) - 1e-9))
+        order = sorted(range(len(members)), key=lambda i: (_protect_key(members[i]), i))
+        names += [members[i].layer for i in order[:count]]
+    return names
 
 
-def format_protect(names: list[str], rows: list[Row], fraction: float) -> str:
+def _protect_bits(act: list[Row], bits: int | None, rule: str) -> int:
+    if bits is not None:
+        return bits
+    measured = [r.bits for r in act]
+    return max(measured) if rule == "group" else min(measured)
+
+
+def _protect_key(row: Row) -> float:
+    if row.group == "content" and row.ssim is not None:
+        return row.ssim
+    return row.sqnr_db
+
+
+def format_protect(names: list[str], rows: list[Row], fraction: float,
+                   rule: str = "group", bits: int | None = None) -> str:
     """The protect-list file: ``#`` comments, then one layer name per line."""
-    by_bits = {(r.layer, r.bits): r for r in rows if r.target == "act"}
-    bits = min((b for _, b in by_bits), default=None)
-    measured = len({layer for layer, _ in by_bits})
+    act = [r for r in rows if r.target == "act"]
+    bits = _protect_bits(act, bits, rule) if act else None
+    by_name = {r.layer: r for r in act if r.bits == bits}
+    measured = len({r.layer for r in act})
+    if rule == "group":
+        how = (f"per group, {fraction:.2%} of each (rounded up): quality by output SQNR, content "
+               f"by image SSIM, with only that input at A{bits}")
+    else:
+        how = f"{fraction:.2%} of {measured} by output SQNR with only that input at A{bits}"
     lines = [f"# activation layers to keep in floating point: the {len(names)} most sensitive "
-             f"({fraction:.2%} of {measured}) by output SQNR with only that input at A{bits}",
-             "# derived by mixdq sensitivity; one layer name per line"]
+             f"({how})", "# derived by mixdq sensitivity; one layer name per line"]
     for name in names:
-        lines.append(f"# {name}: {by_bits[(name, bits)].sqnr_db:.2f} dB")
+        row = by_name[name]
+        ssim = f", SSIM {row.ssim:.4f}" if row.ssim is not None else ""
+        lines.append(f"# {name} ({row.group}): {row.sqnr_db:.2f} dB{ssim}")
     return "\n".join(lines + names) + "\n"
 
 

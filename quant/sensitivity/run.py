@@ -173,7 +173,9 @@ def run_sensitivity(model: ModelSpec | str, calib_dir: str | Path, out: str | Pa
         config: what to measure.
         quantized_base: a quantized checkpoint folder to measure on top of.
         device, dtype: with a plain model name: ``cpu``/``cuda`` and the compute dtype
-            request; under torchrun on CUDA each rank uses its local GPU.
+            request; under torchrun on CUDA each rank uses its local GPU. Without a dtype (here
+            or in the spec) the measurement runs in ``config.dtype`` (float32, the original's,
+            unless the ``fp16_sensitivity`` switch).
         progress: a tqdm bar over evaluations (rank 0).
 
     Returns:
@@ -187,6 +189,8 @@ def run_sensitivity(model: ModelSpec | str, calib_dir: str | Path, out: str | Pa
     if outputs.csv.suffix.lower() != ".csv":
         raise MixDQError(f"--out {out}: the sensitivity table must be a .csv file")
     calib = CalibrationData(calib_dir)
+    if spec.dtype is None:
+        spec = dataclasses.replace(spec, dtype=config.dtype)
     with Distributed(spec.device) as dist:
         pipe = spec.load(device=dist.device)
         calib.check_model(pipe.unet)
@@ -261,8 +265,9 @@ def _merge(outputs: Outputs, names, config, gathered, world) -> RunSummary:
                          f"rerun the same command to finish")
     rows = [r for n in names for r in done[n]]
     write_csv(outputs.csv, rows, names)
-    protect = protect_list(rows, config.protect_fraction)
-    write_text(outputs.protect, format_protect(protect, rows, config.protect_fraction))
+    protect = protect_list(rows, config.protect_fraction, rule=config.protect_rule)
+    write_text(outputs.protect, format_protect(protect, rows, config.protect_fraction,
+                                               rule=config.protect_rule))
     save_heatmap(outputs.heatmap, rows, title=f"{outputs.csv.name}: one layer quantized at a time")
     summary = _summary(outputs, names, gathered, protect, world, merged=True)
     write_json(outputs.summary, {

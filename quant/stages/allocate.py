@@ -9,7 +9,9 @@ from typing import Callable
 from ..bitalloc import (AllocConfig, Budget, SensitivityTable, cost_range, read_protect_list,
                         sweep, write_front)
 from ..bitalloc import allocate as solve
+from ..bitalloc.pick import MIN_PROMPTS
 from ..errors import MixDQError
+from ..methods import DEFAULT_METHOD, fill_options, method_settings
 from ..models.spec import ModelSpec
 from ..options import Options
 
@@ -21,6 +23,15 @@ class AllocateOptions(Options):
     ``weight_candidates``/``act_candidates`` map a group to its bits, e.g.
     ``{content: [2, 4, 8]}``; ``config`` is an :class:`quant.bitalloc.AllocConfig` file that the
     other allocation settings override.
+
+    ``method`` (``paper``/``plus``) and ``switches`` give the allocation settings that neither
+    these options nor the ``config`` file set (:func:`quant.methods.fill_options`): ``mode``
+    (``split``, the original's per-group programs over a grid of budget shares; ``joint``),
+    ``content_metric``, ``weight_storage`` (``packed``: 2-bit weights counted at 2 bits, what a
+    checkpoint stores), ``pick`` (split mode's final pick: ``images``, the original's, measured
+    on images generated from the first ``pick_prompts`` (at least 4) calibration prompts against
+    full precision, which needs the model and the calibration folder; ``predicted``: by the
+    table's predicted loss). With ``sweep`` the pick is always the predicted one.
     """
 
     SECTION = "allocate"
@@ -38,8 +49,18 @@ class AllocateOptions(Options):
     act_candidates: dict[str, tuple[int, ...]] | None = None
     sweep: bool = False
     points: int = 17
+    method: str = DEFAULT_METHOD
+    switches: tuple[str, ...] = ()
+    weight_storage: str | None = None
+    pick: str | None = None
+    pick_prompts: int | None = None
 
     def check(self):
+        try:
+            method_settings(self.method, self.switches)
+        except MixDQError as e:
+            key = "switches" if "switch" in str(e) else "method"
+            raise self.fail(key, str(e)) from None
         if self.weight_bits is not None and self.weight_mb is not None:
             raise self.fail("weight_mb", "give weight_bits or weight_mb, not both")
         if not self.sweep and (self.weight_bits, self.weight_mb, self.act_bits) == (None,) * 3:
@@ -52,9 +73,22 @@ class AllocateOptions(Options):
         self.positive("points")
         try:
             self.budgets()
-            self.alloc_config()
+            config = self.alloc_config()
         except MixDQError as e:
             raise MixDQError(f"{self.SECTION}: {e}") from None
+        for key in ("mode", "content_metric", "weight_storage"):  # recorded as resolved
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, getattr(config, key))
+        fill_options(self, "allocate")
+        self.choice("pick", ("images", "predicted"))
+        if self.pick == "images" and self.pick_prompts < MIN_PROMPTS:
+            raise self.fail("pick_prompts", f"a measured pick needs at least {MIN_PROMPTS} "
+                                            f"prompts, got {self.pick_prompts}")
+
+    @property
+    def measured_pick(self) -> bool:
+        """Whether the final pick generates images (split mode, ``pick: images``, no sweep)."""
+        return self.mode == "split" and self.pick == "images" and not self.sweep
 
     def budgets(self) -> tuple[Budget | None, Budget | None]:
         weight = (Budget.bits(self.weight_bits) if self.weight_bits is not None
@@ -63,10 +97,15 @@ class AllocateOptions(Options):
         return weight, act
 
     def alloc_config(self) -> AllocConfig:
-        """The config file, if any, with these settings on top."""
-        config = AllocConfig.load(self.config) if self.config else AllocConfig()
+        """The method's settings, the config file's (if any) over them, these settings on top."""
+        names = {f.name for f in dataclasses.fields(AllocConfig)}
+        data = {k: v for k, v in method_settings(self.method, self.switches)["allocate"].items()
+                if k in names}
+        if self.config:
+            data.update(AllocConfig.read(self.config))
+        config = AllocConfig.from_dict(data)
         overrides = {k: getattr(self, k) for k in ("mode", "content_metric", "normalize",
-                                                     "content_weight")
+                                                     "content_weight", "weight_storage")
                      if getattr(self, k) is not None}
         for key in ("weight_candidates", "act_candidates"):
             given = getattr(self, key)
@@ -79,16 +118,13 @@ class AllocateOptions(Options):
 
 
 def allocate(options: AllocateOptions, sensitivity_csv: str | Path, out: str | Path, *,
-             model: ModelSpec | None = None, log: Callable[[str], None] = print):
+             model: ModelSpec | None = None, calib: str | Path | None = None,
+             log: Callable[[str], None] = print):
     """Write the bit map ``out`` (.json/.yaml), or with ``sweep`` the front ``out`` (.csv + .png).
 
-    Args:
-        options: budgets and allocation settings.
-        sensitivity_csv: the sensitivity stage's table.
-        out: the bit map, or with ``sweep`` the front's CSV (its plot beside it).
-        model: the model the table was measured on, when known: the table must then have every
-            quantizable layer of its UNet (a bit map without one would be refused by quantize).
-        log: where progress lines go.
+    ``model`` and ``calib`` (the calibration folder of the sensitivity table) are needed for
+    the measured pick (``options.measured_pick``: split mode with ``pick: images``, the
+    ``paper`` method's); otherwise they are not used.
 
     Returns:
         The :class:`quant.bitalloc.Allocation`, or with ``sweep`` the fronts per target.
@@ -118,7 +154,14 @@ def allocate(options: AllocateOptions, sensitivity_csv: str | Path, out: str | P
         return fronts
 
     weight, act = options.budgets()
-    result = solve(table, weight, act, config, protected)
+    score = None
+    if options.measured_pick:
+        if model is None or calib is None:
+            raise MixDQError("allocate: the measured pick (pick: images, the paper method's) "
+                             "generates images: give the model and the calibration folder "
+                             "(--model, --calib), or pick: predicted (--pick predicted)")
+        score = _LazyScore(lambda: _image_score(options, model, calib, log))
+    result = solve(table, weight, act, config, protected, score)
     for target, r in (("weight", result.weight), ("act", result.act)):
         if r is None:
             flag = "--weight-bits/--weight-mb" if target == "weight" else "--act-bits"
@@ -147,3 +190,42 @@ def _refuse_overwriting_inputs(out: Path, options: AllocateOptions, sensitivity_
             if target.resolve() == Path(given).resolve():
                 raise MixDQError(f"--out {out}: would overwrite the {flag} input {given}; "
                                  f"give another file name")
+
+
+class _LazyScore:
+    """A score built at its first use: an infeasible budget fails before any image is made."""
+
+    def __init__(self, build: Callable):
+        self._build, self._score = build, None
+
+    def _get(self):
+        if self._score is None:
+            self._score = self._build()
+        return self._score
+
+    def __call__(self, target, bits):
+        return self._get()(target, bits)
+
+    def with_weights(self, weight_bits):
+        return self._get().with_weights(weight_bits)
+
+
+def _image_score(options: AllocateOptions, model: ModelSpec | None, calib, log):
+    """The measured pick: images of the first ``pick_prompts`` calibration prompts."""
+    from ..bitalloc.pick import ImageScore
+    from ..calib.store import CalibrationData
+
+    data = CalibrationData(calib)
+    if len(data.prompts) < options.pick_prompts:
+        raise MixDQError(f"allocate.pick_prompts: {options.pick_prompts} prompts asked for, the "
+                         f"calibration {calib} has {len(data.prompts)}")
+    quant = method_settings(options.method, options.switches)["quantize"]
+    pipe = model.load()
+    kwargs = data.generate_kwargs()
+    seed = kwargs.pop("seed")
+    batches = list(data.batches(8, device=pipe.unet.device, dtype=pipe.unet.dtype))
+    log(f"measured pick: images of {options.pick_prompts} calibration prompts vs full "
+        f"precision (MSE and SSIM) for each candidate share")
+    return ImageScore(pipe, data.prompts[:options.pick_prompts], batches, seed=seed,
+                      generate_kwargs=kwargs, weight_scale=quant["weight_scale"],
+                      conv1_split=quant["conv1_split"])

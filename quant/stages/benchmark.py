@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import MixDQError
+from ..methods import DEFAULT_METHOD, fill_options
 from ..models.spec import ModelSpec
 from ..options import Options, check_generation
 
@@ -48,8 +49,13 @@ class BenchmarkOptions(Options):
     latency_repeats: int = 10
     latency_warmup: int = 3
     cuda_graphs: bool = False
+    method: str = DEFAULT_METHOD
+    switches: tuple[str, ...] = ()
+    coco_order: str | None = None
 
     def check(self):
+        fill_options(self, "benchmark")
+        self.choice("coco_order", ("annotations", "images"))
         if self.prompts and self.prompt:
             raise MixDQError(f"{self.SECTION}: give either prompts SOURCE or prompt TEXT, "
                              f"not both")
@@ -71,7 +77,8 @@ class BenchmarkOptions(Options):
             prompts = select_prompts(list(self.prompt), self.num_prompts, "--prompt")
             return prompts, f"{len(prompts)} prompts from --prompt"
         prompt_set = read_prompts(self.prompts, num_prompts=self.num_prompts,
-                                  column=self.column, split=self.split)
+                                  column=self.column, split=self.split,
+                                  coco_order=self.coco_order)
         return prompt_set.prompts, prompt_set.summary()
 
     def bench_config(self, out: str | Path, device: str | None,

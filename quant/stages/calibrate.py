@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from ..methods import DEFAULT_METHOD, fill_options
 from ..models.spec import ModelSpec
 from ..options import Options, check_generation
 
@@ -17,6 +18,12 @@ class CalibrateOptions(Options):
     ``steps``/``guidance`` ``None``: the model's usual ones (:meth:`ModelSpec.usual_settings`:
     1 step unguided for SDXL-Turbo/SD-Turbo, 4 steps for LCM and SDXL-Lightning).
     ``negative_prompt``: the unconditional prompt when ``guidance > 1`` doubles the batch.
+    ``method`` (``paper``/``plus``) and ``switches`` fill the settings left ``None``
+    (:func:`quant.methods.fill_options`): ``coco_order`` (COCO caption JSON: ``annotations``,
+    the original's first caption per image in order of first appearance in ``annotations``; or
+    ``images``: the ``images`` list's order) and ``compute_dtype`` (the pipeline's dtype when the
+    model spec gives none: ``float32``, the original's, also on CUDA; ``float16`` with the
+    ``fp16_sensitivity`` switch).
     """
 
     SECTION = "calibrate"
@@ -34,10 +41,23 @@ class CalibrateOptions(Options):
     batch_size: int = 8
     seed: int = 42
     no_progress: bool = False
+    method: str = DEFAULT_METHOD
+    switches: tuple[str, ...] = ()
+    coco_order: str | None = None
+    compute_dtype: str | None = None
 
     def check(self):
+        fill_options(self, "calibrate", {"dtype": "compute_dtype"})
         self.positive("num_prompts", "steps", "resolution", "batch_size")
         check_generation(self)
+        self.choice("coco_order", ("annotations", "images"))
+        self.choice("compute_dtype", ("float32", "float16"))
+
+    def model(self, model: ModelSpec) -> ModelSpec:
+        """``model`` with this stage's ``compute_dtype`` where it gives no dtype of its own."""
+        if model.dtype is not None:
+            return model
+        return dataclasses.replace(model, dtype=self.compute_dtype)
 
 
 def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,
@@ -53,7 +73,8 @@ def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,
 
     prompt_set = read_prompts(options.prompts, num_prompts=options.num_prompts,
                               column=options.column, shuffle=options.shuffle,
-                              seed=options.shuffle_seed, split=options.split)
+                              seed=options.shuffle_seed, split=options.split,
+                              coco_order=options.coco_order)
     log(prompt_set.summary())
     steps, guidance = options.steps, options.guidance
     if steps is None or guidance is None:
@@ -67,9 +88,11 @@ def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,
     if finished_run(out, prompt_set.prompts, **settings):
         log(f"{out} already holds this calibration; nothing to do")
         return Path(out)
-    pipe = model.load()
+    pipe = options.model(model).load()
     source = {**prompt_set.describe(), "column": options.column, "shuffle": options.shuffle,
-              "shuffle_seed": options.shuffle_seed}
+              "shuffle_seed": options.shuffle_seed, "method": options.method,
+              "switches": list(options.switches), "coco_order": options.coco_order,
+              "dtype": str(pipe.unet.dtype).removeprefix("torch.")}
     path = record_calibration(pipe, prompt_set.prompts, out, progress=not options.no_progress,
                               source=source, **settings)
     data = CalibrationData(path)

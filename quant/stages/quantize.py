@@ -9,6 +9,7 @@ from typing import Callable
 from ..bitmap import BitMap, check_bits
 from ..calib.ranges import REDUCTIONS, resolve_reduction
 from ..errors import MixDQError
+from ..methods import DEFAULT_METHOD, fill_options
 from ..models.spec import ModelSpec
 from ..options import Options
 
@@ -23,6 +24,12 @@ class QuantizeOptions(Options):
     original's EMA for one step, running min/max for several). ``timestep_ranges``: one
     activation range per calibrated denoising step, chosen by each UNet call's timestep
     (:mod:`quant.steps`; multi-step calibrations only; the checkpoint then runs simulated).
+
+    ``method`` (``paper``/``plus``) and ``switches`` fill the settings left ``None``
+    (:func:`quant.methods.fill_options`): ``weight_scale`` (``minmax``, the original's, or
+    ``mse``) and ``conv1_split`` (``false``, the original's: only the up-block ``conv_shortcut``
+    splits its ``concat(hidden, skip)`` input, with one activation and one weight scale per
+    slice; ``true`` also gives the resnets' ``conv1`` per-slice activation quantizers).
     """
 
     SECTION = "quantize"
@@ -31,14 +38,18 @@ class QuantizeOptions(Options):
     w_bits: int | None = None
     a_bits: int | None = None
     no_bos: bool = False
-    weight_scale: str = "mse"
+    weight_scale: str | None = None
     momentum: float = 0.95
     range_reduction: str = "auto"
     timestep_ranges: bool = False
     batch_size: int = 4
     no_progress: bool = False
+    method: str = DEFAULT_METHOD
+    switches: tuple[str, ...] = ()
+    conv1_split: bool | None = None
 
     def check(self):
+        fill_options(self, "quantize")
         uniform = self.w_bits is not None or self.a_bits is not None
         if self.bit_map and uniform:
             raise MixDQError(f"{self.SECTION}: give either bit_map or w_bits/a_bits, not both")
@@ -73,7 +84,7 @@ def stage_settings(model: ModelSpec, options: QuantizeOptions, data, bit_map: Bi
             "bos": not options.no_bos, "weight_scale": options.weight_scale,
             "momentum": options.momentum, "batch_size": options.batch_size,
             "range_reduction": options.range_reduction,
-            "timestep_ranges": options.timestep_ranges}
+            "timestep_ranges": options.timestep_ranges, "conv1_split": options.conv1_split}
 
 
 def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out: str | Path, *,
@@ -110,12 +121,14 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
 
     quantize_unet(unet, bit_map, batches(), bos=not options.no_bos,
                   weight_scale=options.weight_scale, momentum=options.momentum,
-                  range_reduction=options.range_reduction,
+                  conv1_split=options.conv1_split, range_reduction=options.range_reduction,
                   timestep_ranges=options.timestep_ranges, progress=not options.no_progress)
     sqnr, per_step = step_sqnr(unet, data, options.batch_size)
     reduction = resolve_reduction(options.range_reduction, data.steps)
     meta = {"settings": settings, "calibration_samples": len(data),
             "bos": not options.no_bos, "weight_scale": options.weight_scale,
+            "method": options.method, "switches": list(options.switches),
+            "conv1_split": options.conv1_split,
             "momentum": options.momentum, "range_reduction": reduction,
             "timestep_ranges": options.timestep_ranges and data.steps > 1,
             "sqnr_db": round(sqnr, 4)}

@@ -24,7 +24,7 @@ def cost(table, target, bits):
 @pytest.mark.parametrize("metric", ["ssim", "sqnr"])
 def test_joint_is_optimal_against_brute_force(make_table, seed, metric):
     table = make_table(seed)
-    config = AllocConfig(weight_candidates=ALL3, content_metric=metric)
+    config = AllocConfig(weight_candidates=ALL3, content_metric=metric, mode="joint")
     obj = Objective(table, "weight", config)
     lo, hi, total = cost_range(table, "weight", config)
     for frac in (0.0, 0.2, 0.5, 0.8):
@@ -52,8 +52,8 @@ def split_caps(lo, hi, capacity, ratio):
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 1.0])
 def test_split_groups_are_optimal_against_brute_force(make_table, seed, ratio):
     table = make_table(seed, layers=6)
-    config = AllocConfig(act_candidates={"content": (4, 6, 8), "quality": (4, 6, 8)}, mode="split",
-                         split_ratios=(ratio,))
+    config = AllocConfig(act_candidates={"content": (4, 6, 8), "quality": (4, 6, 8)},
+                         mode="split", band=None, split_ratios=(ratio,))
     obj = Objective(table, "act", config)
     lo_all, hi_all, total = cost_range(table, "act", config)
     budget = Budget.bits(f"{(lo_all + 0.45 * (hi_all - lo_all)) / total:.3f}")
@@ -79,8 +79,8 @@ def test_split_picks_the_best_scored_ratio(make_table):
     ratios = (0.0, 0.25, 0.5, 0.75, 1.0)
     budget = Budget.bits("5")
     singles = {r: allocate_target(table, "weight", budget, AllocConfig(
-        weight_candidates=ALL3, mode="split", split_ratios=(r,))) for r in ratios}
-    config = AllocConfig(weight_candidates=ALL3, mode="split", split_ratios=ratios)
+        weight_candidates=ALL3, mode="split", split_ratios=(r,), band=None)) for r in ratios}
+    config = AllocConfig(weight_candidates=ALL3, mode="split", split_ratios=ratios, band=None)
     # Default: the joint program's predicted loss.
     default = allocate_target(table, "weight", budget, config)
     assert default.prediction.loss == min(s.prediction.loss for s in singles.values())
@@ -93,7 +93,11 @@ def test_split_picks_the_best_scored_ratio(make_table):
                     if table.group(n) == "quality")
 
     picked = allocate_target(table, "weight", budget, config, score=score)
-    assert len(seen) == len(ratios) and {t for t, _ in seen} == {"weight"}
+    # each distinct candidate is scored once
+    distinct = {tuple(sorted(bits.items())) for _, bits in seen}
+    assert len(seen) == len(distinct) == len({tuple(sorted(s.bits.items()))
+                                              for s in singles.values()})
+    assert {t for t, _ in seen} == {"weight"}
     assert all(set(bits) == set(table.layers) for _, bits in seen)
     assert picked.bits == singles[picked.split_ratio].bits
     assert picked.group_bits["quality"] == max(s.group_bits["quality"] for s in singles.values())
@@ -112,7 +116,7 @@ def test_budget_exact_decimal_and_megabytes():
 
 def test_weight_mb_budget_and_infeasible_message(make_table):
     table = make_table(2)
-    config = AllocConfig()
+    config = AllocConfig(mode="joint")
     lo, hi, total = cost_range(table, "weight", config)
     mb = (lo + hi) / 2 / 8e6
     result = allocate_target(table, "weight", Budget.megabytes(f"{mb:.6f}"), config)
@@ -138,8 +142,8 @@ def test_protected_activations_count_as_16_bits(make_table):
     total = sum(sizes.values())
     fixed = 16 * sum(sizes[n] for n in protected)
     free_lo = 4 * sum(sizes[n] for n in table.layers if n not in protected)
-    assert cost_range(table, "act", AllocConfig(), protected)[0] == fixed + free_lo
-    result = allocate(table, Budget.bits("8"), Budget.bits("8"), AllocConfig(),
+    assert cost_range(table, "act", AllocConfig(mode="joint"), protected)[0] == fixed + free_lo
+    result = allocate(table, Budget.bits("8"), Budget.bits("8"), AllocConfig(mode="joint"),
                       protected=protected)
     a = result.act
     assert all(a.bits[n] is None for n in protected)
@@ -154,7 +158,7 @@ def test_protected_activations_count_as_16_bits(make_table):
 
 def test_prediction_adds_noise_powers(make_table):
     table = make_table(5, layers=4)
-    config = AllocConfig(weight_candidates=ALL3)
+    config = AllocConfig(weight_candidates=ALL3, mode="joint")
     result = allocate_target(table, "weight", Budget.bits("8"), config)
     noise = sum(10 ** (-table.get(n, "weight").sqnr_db[8] / 10) for n in table.layers)
     assert result.prediction.sqnr_db == pytest.approx(-10 * math.log10(noise))
@@ -181,6 +185,76 @@ def test_config_validation():
         AllocConfig.from_dict({"budget": 4})
     cfg = AllocConfig(mode="split", content_metric="sqnr")
     assert AllocConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_paper_split_grid_and_band(make_table):
+    """The original's split: 10 shares for weights, 20 for activations, each group's average
+    within +-0.02 bits of its share, so the total may exceed the budget by at most 0.02."""
+    config = AllocConfig()
+    assert config.mode == "split" and config.band == 0.02
+    assert config.ratios("weight") == tuple(i / 9 for i in range(10))
+    assert len(config.ratios("act")) == 20
+    table = make_table(3, layers=40)
+    seen = []
+
+    def score(target, bits):
+        seen.append(target)
+        return sum(table.get(n, target).size * b for n, b in bits.items())  # fewest bits
+
+    budget = Budget.bits("5")
+    result = allocate_target(table, "weight", budget, config, score=score)
+    assert result.mode == "split" and result.split_ratio in config.ratios("weight")
+    assert result.avg_bits <= 5.02 + 1e-12 and 1 <= len(seen) <= 10
+    assert "upper bounds" not in result.status
+    obj = Objective(table, "weight", config)
+    _, _, total = cost_range(table, "weight", config)
+    lo = {g: sum(table.get(n, "weight").size * obj.options[n][0] for n in table.layers
+                 if table.group(n) == g) for g in ("content", "quality")}
+    # The chosen groups sit within the band of the shares the ratio gave them.
+    capacity = budget.capacity(total)
+    slack = capacity - lo["content"] - lo["quality"]
+    cap_c = lo["content"] + math.floor(result.split_ratio * slack)
+    size_c = sum(table.get(n, "weight").size for n in table.layers if table.group(n) == "content")
+    assert abs(result.group_bits["content"] - cap_c / size_c) <= 0.02 + 1e-9
+    # Too few layers for +-0.02: the shares become upper bounds, and the status says so.
+    small = make_table(3, layers=6)
+    fallback = allocate_target(small, "weight", Budget.bits("5"), config)
+    assert "upper bounds" in fallback.status and fallback.avg_bits <= 5
+
+
+def test_act_candidates_are_scored_with_the_chosen_weights(make_table):
+    table = make_table(4, layers=40)
+    calls = []
+
+    class Score:
+        def __call__(self, target, bits):
+            calls.append((target, None))
+            return 0.0
+
+        def with_weights(self, weight_bits):
+            def act_score(target, bits):
+                calls.append((target, dict(weight_bits)))
+                return 0.0
+            return act_score
+
+    result = allocate(table, Budget.bits("5"), Budget.bits("6"), AllocConfig(), score=Score())
+    assert {t for t, w in calls if w is None} == {"weight"}
+    assert all(w == result.weight.bits for t, w in calls if t == "act")
+    assert any(t == "act" for t, _ in calls)
+
+
+def test_int4_weight_storage_counts_2bit_at_4(make_table):
+    table = make_table(5, layers=8)
+    config = AllocConfig(weight_candidates=ALL3, mode="joint", weight_storage="int4")
+    result = allocate_target(table, "weight", Budget.bits("4"), config)
+    # 2-bit costs what 4-bit costs, and is never better: no layer takes 2 bits at 4.0 bits.
+    assert 2 not in result.bits.values()
+    assert result.cost == sum(table.get(n, "weight").size * max(b, 4)
+                              for n, b in result.bits.items())
+    lo, _, total = cost_range(table, "weight", config)
+    assert lo == 4 * total
+    with pytest.raises(MixDQError, match="weight_storage"):
+        AllocConfig(weight_storage="int2")
 
 
 def test_one_side_only(make_table):

@@ -9,7 +9,7 @@ from quant.bitalloc import AllocConfig, cost_range, pareto, sweep, write_front
 
 def test_sweep_is_monotone_and_spans_the_range(make_table, tmp_path):
     table = make_table(11, layers=8)
-    config = AllocConfig(act_candidates={"content": (4, 6, 8), "quality": (4, 8)})
+    config = AllocConfig(act_candidates={"content": (4, 6, 8), "quality": (4, 8)}, mode="joint")
     lo, hi, total = cost_range(table, "act", config)
     results = sweep(table, "act", config, points=6)
     assert [r.cost for r in (results[0], results[-1])] == [lo, hi]
@@ -31,7 +31,7 @@ def test_sweep_is_monotone_and_spans_the_range(make_table, tmp_path):
 
 def test_dominated_points_are_flagged(make_table):
     table = make_table(1, layers=4)
-    results = sweep(table, "weight", AllocConfig(), points=3)
+    results = sweep(table, "weight", AllocConfig(mode="joint"), points=3)
     worse = results[1]
     worse_copy = type(worse)(**{**worse.__dict__, "cost": results[2].cost + 1})
     assert pareto(results + [worse_copy])[-1] is False

@@ -32,7 +32,8 @@ def test_sdxl_sized_programs_are_optimal_within_budget():
     assert len(weights) == 794 and sum(weights.values()) == 2_565_880_320
     table = synthetic_table(weights, acts, seed=0, act_bits=(4, 6, 8))
     three = {"content": (4, 6, 8), "quality": (4, 6, 8)}
-    result = allocate(table, Budget.bits("4"), Budget.bits("6"), AllocConfig(act_candidates=three))
+    result = allocate(table, Budget.bits("4"), Budget.bits("6"),
+                      AllocConfig(act_candidates=three, mode="joint"))
     for r in (result.weight, result.act):
         assert r.status == "Optimal" and r.cost <= r.budget.capacity(r.total_size)
         assert r.avg_bits > float(r.budget.value) - 0.01  # the budget is used, not wasted

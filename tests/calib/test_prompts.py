@@ -1,14 +1,20 @@
 import csv
 import json
 
+from pathlib import Path
+
 import pytest
 
 from quant.calib.prompts import load_prompts, read_prompts
 from quant.errors import MixDQError
 
+BUNDLED_PROMPTS = (Path(__file__).resolve().parents[2] / "configs" / "prompts"
+                   / "coco2017_val_first1024.txt")
+
 
 def first_captions(path, n):
-    """The first caption of each of the first images, read independently of the loader."""
+    """The first caption of each of the first images in the ``images`` list, read independently
+    of the loader."""
     with open(path, encoding="utf-8") as f:
         coco = json.load(f)
     captions = []
@@ -19,11 +25,54 @@ def first_captions(path, n):
             return captions
 
 
+def annotation_order_captions(path, n):
+    """The first caption per image, images in order of first appearance in ``annotations``."""
+    with open(path, encoding="utf-8") as f:
+        coco = json.load(f)
+    seen, captions = set(), []
+    for ann in coco["annotations"]:
+        if ann["image_id"] not in seen:
+            seen.add(ann["image_id"])
+            captions.append(" ".join(ann["caption"].split()))
+            if len(captions) == n:
+                return captions
+
+
 def test_coco_json_first_caption_of_each_image(data_dir):
     path = f"{data_dir}/coco_captions_val2017.json"
     prompts = load_prompts(path, num_prompts=8)
-    assert prompts == first_captions(path, 8)
+    assert prompts == annotation_order_captions(path, 8)
     assert len(set(prompts)) == 8
+    assert load_prompts(path, num_prompts=8, coco_order="images") == first_captions(path, 8)
+
+
+def test_bundled_prompts_are_the_coco_json_in_annotation_order(data_dir):
+    """The bundled file is what the library reads from the COCO JSON (first 1,024 prompts);
+    with ``../shared`` present, also against the real captions_val2017.json."""
+    with open(BUNDLED_PROMPTS, encoding="utf-8") as f:
+        bundled = f.read().splitlines()
+    got = read_prompts(f"{data_dir}/coco_captions_val2017.json", num_prompts=len(bundled))
+    assert got.prompts == bundled
+    by_images = read_prompts(f"{data_dir}/coco_captions_val2017.json",
+                             num_prompts=len(bundled), coco_order="images").prompts
+    assert by_images != bundled
+
+
+def test_coco_annotation_order_differs_from_images_list(tmp_path):
+    coco = tmp_path / "c.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}],
+        "annotations": [{"image_id": 3, "caption": "three a"},
+                        {"image_id": 1, "caption": "one a"},
+                        {"image_id": 3, "caption": "three b"},
+                        {"image_id": 2, "caption": "two a"},
+                        {"image_id": 1, "caption": "one b"}]}))
+    got = read_prompts(str(coco))
+    assert got.prompts == ["three a", "one a", "two a"] and got.empty == [3]
+    assert load_prompts(str(coco), num_prompts=2) == ["three a", "one a"]
+    assert load_prompts(str(coco), coco_order="images") == ["one a", "two a", "three a"]
+    with pytest.raises(MixDQError, match="coco_order"):
+        read_prompts(str(coco), coco_order="file")
 
 
 def test_coco30k_csv_text_column(data_dir):
@@ -66,6 +115,8 @@ def test_tsv_with_named_column_and_coco_image_without_caption(tmp_path):
         "annotations": [{"image_id": 3, "caption": "three a"}, {"image_id": 5, "caption": "five"},
                         {"image_id": 3, "caption": "three b"}]}))
     got = read_prompts(str(coco))
+    assert got.prompts == ["three a", "five"] and got.empty == [2]
+    got = read_prompts(str(coco), coco_order="images")
     assert got.prompts == ["five", "three a"] and got.empty == [2]
 
 

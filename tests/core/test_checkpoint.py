@@ -312,3 +312,44 @@ def test_stale_temporaries_are_cleaned(mixed, tmp_path):
     save_quantized(unet, tmp_path / "ckpt", base_model="tiny")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x.tmp", "ckpt"]
     assert not list((tmp_path / "ckpt").glob(".*"))
+
+
+def test_conv_shortcut_has_one_weight_scale_per_input_slice(mixed, fp_unet):
+    from quant.quantizer import weight_scale_minmax
+
+    unet, out = mixed
+    layers = quantizable_layers(unet)
+    shortcuts = [n for n, m in layers.items() if m.split is not None]
+    assert shortcuts and all(n.endswith(".conv_shortcut") for n in shortcuts)
+    checked = 0
+    for name in shortcuts:
+        layer = layers[name]
+        assert layer.split_weight
+        if layer.active_w_bits is None:
+            continue
+        q, scale = layer.quantized_weight(layer.active_w_bits)
+        assert tuple(scale.shape) == (layer.weight.shape[0], 2)
+        hidden, skip = layer.weight[:, :layer.split], layer.weight[:, layer.split:]
+        assert torch.equal(scale[:, 0], weight_scale_minmax(hidden, layer.active_w_bits))
+        assert torch.equal(scale[:, 1], weight_scale_minmax(skip, layer.active_w_bits))
+        checked += 1
+    assert checked
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert all(config["layers"][n]["split_weight"] for n in shortcuts)
+    loaded = quantizable_layers(load_quantized(fp_unet, out))
+    assert all(loaded[n].split_weight for n in shortcuts)
+
+
+def test_report_megabytes_match_the_checkpoint(mixed):
+    from quant.measure import checkpoint_weight_bytes
+    from quant.report import quantization_report
+
+    unet, out = mixed
+    bits = {m.active_w_bits for m in quantizable_layers(unet).values()}
+    assert 2 in bits  # 2-bit weights are stored packed four per byte and counted at 2 bits
+    reported = quantization_report(unet).bytes_after
+    stored = checkpoint_weight_bytes(out)
+    # the report counts float weights at fp16; the checkpoint takes them from the base model
+    quant_only = sum(2 * m.weight.numel() for m in quantizable_layers(unet).values()
+                     if m.active_w_bits is None)
+    assert abs(reported - quant_only - stored) <= 0.01 * stored

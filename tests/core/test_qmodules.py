@@ -56,12 +56,17 @@ def test_float_mode_is_bit_identical(make):
 
 def test_weight_fake_quant_matches_formulas(device):
     module = _linear(device=device)
-    q = QuantLinear.from_module(module, 4, None, name="l")
+    q = QuantLinear.from_module(module, 4, None, name="l", weight_scale="mse")
     scale = weight_scale(module.weight, 4, "mse")
     w_hat = dequantize_weight(quantize_weight(module.weight, scale, 4), scale,
                               module.weight.shape)
     x = torch.randn(5, 24, device=device)
     assert torch.equal(q.effective_weight(), w_hat)
+    default = QuantLinear.from_module(module, 4, None, name="l")  # paper: min-max
+    minmax = weight_scale(module.weight, 4, "minmax")
+    assert default.weight_scale == "minmax"
+    assert torch.equal(default.effective_weight(), dequantize_weight(
+        quantize_weight(module.weight, minmax, 4), minmax, module.weight.shape))
     assert torch.equal(q(x), nn.functional.linear(x, w_hat, module.bias))
     assert q.weight is module.weight  # the float weight stays available
 

@@ -115,7 +115,15 @@ def test_sdxl_prepare_is_fast_and_complete():
     assert len(layers) == 794 and all(getattr(m, "is_quantized_module", False)
                                       for m in layers.values())
     assert sum(m.bos for m in layers.values()) == 140
-    assert sum(m.split is not None for m in layers.values()) == 18
+    split = [n for n, m in layers.items() if m.split is not None]
+    assert len(split) == 9 and all(n.endswith(".conv_shortcut") for n in split)
+    assert all(layers[n].split_weight for n in split)  # the original's: weight split too
+    prepare(unet, _w8a8(unet), conv1_split=True)  # the switch, on an already prepared UNet
+    split = [n for n, m in layers.items() if m.split is not None]
+    assert len(split) == 18 and sum(layers[n].split_weight for n in split) == 9
+    prepare(unet, _w8a8(unet), shortcut_weight_split=False)
+    assert sum(m.split is not None for m in layers.values()) == 9
+    assert not any(m.split_weight for m in layers.values())
     assert elapsed < 20, f"prepare took {elapsed:.1f} s on the meta SDXL UNet"
 
 

@@ -55,14 +55,17 @@ def test_checkpoint_bytes_match_the_accounting(fp_unet, tmp_path):
     for name, layer in quantizable_layers(fp_unet).items():
         shape, w = tuple(layer.weight.shape), layer.active_w_bits
         stored = sizes.get(f"{name}.qweight", 0) + sizes.get(f"{name}.wscale", 0)
-        assert stored == (0 if w is None else weight_bytes(shape, w)), name
+        scales = 2 if layer.split_weight else 1  # conv_shortcut: one scale per input slice
+        assert stored == (0 if w is None else weight_bytes(shape, w, scales)), name
     assert quantization_report(fp_unet).bytes_after == sum(
-        weight_bytes(tuple(m.weight.shape), m.active_w_bits)
+        weight_bytes(tuple(m.weight.shape), m.active_w_bits, 2 if m.split_weight else 1)
         for m in quantizable_layers(fp_unet).values())
 
 
-@pytest.mark.parametrize("bits,limit,expected", [(4, 0.27, 1_288_917_776),
-                                                 (8, 0.52, 2_571_857_936)])
+# 26,880 bytes of these are the second float32 scale of the 9 conv_shortcut layers (6,720
+# output channels): the original's per-slice weight quantizers.
+@pytest.mark.parametrize("bits,limit,expected", [(4, 0.27, 1_288_944_656),
+                                                 (8, 0.52, 2_571_884_816)])
 def test_sdxl_checkpoint_bytes(bits, limit, expected):
     unet = random_unet(sdxl_config(), meta=True)
     report = planned_report(unet, BitMap.uniform(quantizable_layers(unet), bits, 8))

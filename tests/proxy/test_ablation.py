@@ -56,23 +56,15 @@ def test_ablation_config_and_method():
 
     assert AblationConfig().split == "heldout"
     assert len(HELD_OUT) * AblationConfig().eval_repeats == 602
-    # No stage's options have a `method` field on this branch: a preset is refused...
-    with pytest.raises(MixDQError, match="method 'paper': no stage accepts"):
-        AblationConfig(method="paper")
-    # ...and once one has it, Stages passes it into exactly those options (None: defaults).
-    import dataclasses
-
+    # the method preset reaches every stage's options that has the field
     from quant.models import ModelSpec
-    from quant.stages import SensitivityOptions
+    from quant.stages import CalibrateOptions, SensitivityOptions
 
-    @dataclasses.dataclass(frozen=True)
-    class WithMethod(SensitivityOptions):
-        method: str = "paper"
-
+    assert AblationConfig(method="plus").method == "plus"
     stages = Stages(ModelSpec("proxy"), method="plus")
-    assert stages.options(WithMethod, batch_size=3).method == "plus"
-    assert stages.options(SensitivityOptions, batch_size=3) == SensitivityOptions(batch_size=3)
-    assert Stages(ModelSpec("proxy")).options(WithMethod).method == "paper"
+    assert stages.options(SensitivityOptions, batch_size=3).method == "plus"
+    assert stages.options(CalibrateOptions, prompts="p.txt").method == "plus"
+    assert Stages(ModelSpec("proxy")).options(SensitivityOptions).method == "paper"
 
 
 def test_markdown_table():

@@ -29,4 +29,9 @@ def test_every_layer_bits_and_target_with_ordered_sqnr(tiny_dir, calib_dir, pipe
     assert len({r.layer for r in content}) == 102 and all(r.ssim is not None for r in content)
     assert all(r.ssim is None for r in rows if r.group == "quality")
     protect = read_protect(out.with_name("sens.protect.txt"))
-    assert len(protect) == 3 and "conv_in" in protect  # 1% of 263, derived from the table
+    # the original's rule, derived from the table: 1% of each group (rounded up) at A8,
+    # quality by SQNR (161 layers: 2), content by SSIM (102 layers: 2)
+    assert len(protect) == 4 and "conv_in" in protect
+    a8 = [r for r in rows if r.target == "act" and r.bits == 8]
+    content = sorted((r.ssim, r.layer) for r in a8 if r.group == "content")
+    assert protect[2:] == [layer for _, layer in content[:2]]

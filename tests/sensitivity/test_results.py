@@ -85,6 +85,29 @@ def test_log_rejects_a_damaged_middle_line(tmp_path):
         log.read()
 
 
+def test_protect_list_per_group_at_a8_quality_by_sqnr_content_by_ssim(tmp_path):
+    rows = []
+    for i in range(374):  # quality: A8 SQNR, the four lowest are q5, q17, q100, q373
+        low = {5: 20.0, 17: 21.0, 100: 22.0, 373: 23.0}.get(i, 70.0 + i % 5)
+        rows.append(Row(f"q{i}", "quality", "act", 4, 10.0 + i % 3, None, 1))  # A4 ignored
+        rows.append(Row(f"q{i}", "quality", "act", 8, low, None, 1))
+    for i in range(420):  # content: SSIM decides, not SQNR (the lowest SQNR ones differ)
+        ssim = {7: 0.991, 8: 0.992, 300: 0.9925, 301: 0.993, 419: 0.9931}.get(i, 0.9999)
+        sqnr = 10.0 if i in (1, 2, 3) else 60.0
+        rows.append(Row(f"c{i}", "content", "act", 4, 5.0, 0.5, 1))
+        rows.append(Row(f"c{i}", "content", "act", 8, sqnr, ssim, 1))
+    names = protect_list(rows, 0.01)
+    # ceil(3.74) = 4 quality + ceil(4.2) = 5 content = 9, the original's count on SDXL-Turbo
+    assert names == ["q5", "q17", "q100", "q373", "c7", "c8", "c300", "c301", "c419"]
+    text = format_protect(names, rows, 0.01)
+    assert "A8" in text and "SSIM 0.9910" in text
+    path = tmp_path / "p.txt"
+    path.write_text(text)
+    assert read_protect(path) == names
+    with pytest.raises(MixDQError, match="protect rule"):
+        protect_list(rows, 0.01, rule="all")
+
+
 def test_logs_of_all_ranks_merge(tmp_path):
     LayerLog(tmp_path / "rank-00000.jsonl").append("conv_in", rows_for("conv_in", "quality", 1))
     LayerLog(tmp_path / "rank-00003.jsonl").append("conv_out", rows_for("conv_out", "quality", 2))
@@ -96,19 +119,21 @@ def test_protect_list_is_derived_from_the_lowest_activation_bits(tmp_path):
     for i in range(250):
         rows.append(Row(f"l{i}", "quality", "act", 8, 80.0 - (i % 7), None, 1))
         rows.append(Row(f"l{i}", "quality", "act", 4, 40.0 + (i * 37 % 250) / 10, None, 1))
-    names = protect_list(rows, 0.01)
+    names = protect_list(rows, 0.01, rule="global")
     # 1% of 250 layers: the 2 (rounded 2.5 -> 2) lowest SQNRs at A4.
     a4 = sorted((r.sqnr_db, r.layer) for r in rows if r.bits == 4)
     assert names == [layer for _, layer in a4[:len(names)]] and len(names) == 2
-    assert protect_list(rows, 0.1)[:2] == names and len(protect_list(rows, 0.1)) == 25
-    assert len(protect_list(rows[:4], 0.01)) == 1  # at least one layer
-    assert protect_list(rows, 0.01, bits=8)[0] in {f"l{i}" for i in range(6, 250, 7)}
+    assert protect_list(rows, 0.1, rule="global")[:2] == names
+    assert len(protect_list(rows, 0.1, rule="global")) == 25
+    assert len(protect_list(rows[:4], 0.01, rule="global")) == 1  # at least one layer
+    assert protect_list(rows, 0.01, bits=8, rule="global")[0] in {f"l{i}"
+                                                                   for i in range(6, 250, 7)}
     with pytest.raises(MixDQError, match="fraction"):
         protect_list(rows, 0)
     with pytest.raises(MixDQError, match="6 bits"):
         protect_list(rows, 0.01, bits=6)
     path = tmp_path / "s.protect.txt"
-    path.write_text(format_protect(names, rows, 0.01))
+    path.write_text(format_protect(names, rows, 0.01, rule="global"))
     text = path.read_text()
     assert text.startswith("# ") and "A4" in text
     assert read_protect(path) == names

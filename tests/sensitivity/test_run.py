@@ -34,9 +34,11 @@ def test_run_writes_table_protect_list_heatmap_summary(finished, capsys):
     assert [r.layer for r in rows[::5]] == LAYERS and len(rows) == 30
     assert {r.group for r in rows if r.layer == LAYERS[0]} == {"content"}
     protect = read_protect(finished.with_name("sens.protect.txt"))
-    assert len(protect) == 1
-    a4 = min((r.sqnr_db, r.layer) for r in rows if r.target == "act" and r.bits == 4)
-    assert protect == [a4[1]]
+    # the original's rule: per group at A8, quality by SQNR, content by SSIM (one each here)
+    a8 = [r for r in rows if r.target == "act" and r.bits == 8]
+    quality = min((r.sqnr_db, r.layer) for r in a8 if r.group == "quality")
+    content = min((r.ssim, r.layer) for r in a8 if r.group == "content")
+    assert protect == [quality[1], content[1]]
     with Image.open(finished.with_name("sens.heatmap.png")) as image:
         assert image.format == "PNG" and image.size[0] > 300
     summary = json.loads(finished.with_name("sens.summary.json").read_text())
@@ -141,6 +143,30 @@ def test_quantized_base(tiny_dir, calib_dir, calib, tmp_path, capsys):
     assert conv_out[("weight", 2)] < conv_out[("weight", 4)] < base_sqnr
     assert conv_out[("act", 4)] < conv_out[("act", 8)] < base_sqnr  # its range was calibrated
     assert math.isfinite(conv_out[("act", 4)])
+
+
+def test_library_default_is_the_paper_method(tiny_dir, calib_dir, tmp_path):
+    """SensitivityConfig() = paper: min-max weights, fp32, SSIM at the decoded 64 px with a
+    window of 63, protect list per group at A8."""
+    import torch
+
+    from quant.sensitivity.config import SensitivityConfig
+    from quant.sensitivity.metrics import SsimMeter
+    from quant.sensitivity.run import run_sensitivity
+
+    config = SensitivityConfig(layers="conv_out|up_blocks.1.attentions.2.transformer_blocks.0"
+                                      ".attn2.to_v", weight_bits=(4, 8), act_bits=(8,))
+    assert (config.weight_scale, config.dtype, config.ssim_size, config.protect_rule) == (
+        "minmax", "float32", None, "group")
+    out = tmp_path / "sens.csv"
+    run_sensitivity(str(tiny_dir), calib_dir, out, config, device="cpu", progress=False)
+    rows = read_csv(out)
+    assert {r.layer for r in rows} == {"conv_out", LAYERS[0]}
+    content = [r for r in rows if r.layer == LAYERS[0]]
+    assert all(r.ssim is not None and -1 <= r.ssim <= 1 for r in content)
+    assert read_protect(out.with_name("sens.protect.txt")) == ["conv_out", LAYERS[0]]
+    meter = SsimMeter(torch.rand(1, 3, 64, 64), config.ssim_config)
+    assert meter.factor == 1 and meter.window == 63
 
 
 def test_lora_reaches_the_sensitivity_stage(finished, tiny_dir, tiny_lora, calib_dir, tmp_path,
