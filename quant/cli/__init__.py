@@ -21,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
         "text-to-image diffusion models (MixDQ).")
     parser.add_argument("--version", action="version", version=f"mixdq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.subcommands = {}
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
         p = module.register(sub)
         p.set_defaults(func=module.run)
+        parser.subcommands[name] = p
     return parser
 
 
@@ -43,7 +45,9 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mixdq`` console command. Returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top-level one (exits with status 2)
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         _quiet_libraries()
         return int(args.func(args) or 0)

@@ -10,13 +10,39 @@ from ..errors import MixDQError
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--device``, ``--dtype``: the same meaning for every stage."""
     p.add_argument("--model", default="stabilityai/sdxl-turbo",
-                   help="Hugging Face Hub id, local diffusers folder, or 'tiny' (built in)")
+                   help="Hugging Face Hub id or local diffusers folder of an SDXL-style "
+                   "pipeline, or a built-in model: 'tiny' (random weights) or 'proxy' (trained "
+                   "stand-in); default stabilityai/sdxl-turbo")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
     p.add_argument("--dtype", default=None,
                    help="fp16 / bf16 / fp32 (default: fp16 on CUDA; always fp32 on CPU)")
     p.add_argument("--lora", default=None,
                    help="LoRA to fuse into the model first (file, folder or Hub id; needs peft)")
-    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--lora-scale", type=float, default=1.0,
+                   help="strength of the fused LoRA (default 1.0)")
+
+
+def add_prompt_args(p: argparse.ArgumentParser, num_prompts_help: str, **num_prompts) -> None:
+    """The prompt-file options every stage that reads prompts shares."""
+    p.add_argument("--num-prompts", type=positive_int, help=num_prompts_help, **num_prompts)
+    p.add_argument("--column", default="text",
+                   help="text column of a CSV/TSV file or a dataset (default text)")
+    p.add_argument("--split", default=None, help="dataset split (default train)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="take a seeded random sample instead of the first N prompts (files "
+                   "whose first rows are unusual, e.g. PartiPrompts' single words)")
+    p.add_argument("--shuffle-seed", type=int, default=0, help="seed of --shuffle (default 0)")
+
+
+EXECUTIONS = ("auto", "kernels", "simulate")
+
+
+def add_execution_arg(p: argparse.ArgumentParser) -> None:
+    """``--execution``: how a quantized UNet runs (as ``quant.load_pipeline(execution=...)``)."""
+    p.add_argument("--execution", choices=EXECUTIONS, default="auto",
+                   help="run quantized UNets on the integer kernels ('kernels': an error where "
+                   "they are unavailable), in simulation (same numbers, float arithmetic), or "
+                   "'auto': the kernels when available (default auto)")
 
 
 def model_spec(args):

@@ -5,31 +5,45 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MixDQError
-from .common import add_model_args, load_model, positive_int
+from .common import add_execution_arg, add_model_args, model_spec, positive_int
 
 
 def register(sub):
-    p = sub.add_parser("generate", help="generate an image from a prompt")
+    p = sub.add_parser(
+        "generate", help="generate an image from a prompt (full precision or quantized)",
+        description="Generate one image. With --quantized the UNet is the checkpoint's, exactly "
+        "as quant.load_pipeline(MODEL, quantized=QUANT_DIR) gives it.")
     add_model_args(p)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--steps", type=positive_int, default=1)
-    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--quantized", metavar="QUANT_DIR", default=None,
+                   help="a folder written by `mixdq quantize` (made from --model); default: "
+                   "the full-precision UNet")
+    add_execution_arg(p)
+    p.add_argument("--prompt", required=True, help="the text prompt")
+    p.add_argument("--steps", type=positive_int, default=1,
+                   help="denoising steps (default 1)")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance scale (default 0: none, as SDXL-Turbo)")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="image side in pixels (default: the model's native size)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", required=True, help="output image file (.png)")
+    p.add_argument("--seed", type=int, default=42, help="random seed of the noise (default 42)")
+    p.add_argument("--out", required=True, help="output image file (.png, .jpg or .webp)")
     return p
 
 
 def run(args) -> int:
+    from ..api import load_pipeline
     from ..generate import generate
     from ..utils.io import save_image
 
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise MixDQError(f"--out {args.out}: use a .png, .jpg or .webp file name")
-    pipe = load_model(args)
+    if args.quantized is not None and not Path(args.quantized).is_dir():
+        raise MixDQError(f"--quantized {args.quantized}: no such folder")
+    spec = model_spec(args)
+    pipe = load_pipeline(spec.model, args.quantized, device=spec.device, dtype=spec.dtype,
+                         execution=args.execution, lora=spec.lora, lora_scale=spec.lora_scale)
     image = generate(pipe, [args.prompt], steps=args.steps, guidance=args.guidance,
                      resolution=args.resolution, seed=args.seed)[0]
     save_image(image, args.out)
-    print(f"wrote {args.out} ({image.size[0]}x{image.size[1]})")
+    print(f"wrote {args.out} ({image.size[0]}x{image.size[1]}, UNet: {pipe.mixdq_execution})")
     return 0

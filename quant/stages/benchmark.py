@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -28,6 +29,8 @@ class BenchmarkOptions(Options):
     num_prompts: int | None = None
     column: str = "text"
     split: str | None = None
+    shuffle: bool = False
+    shuffle_seed: int = 0
     real_images: str | None = None
     execution: str = "auto"
     steps: int = 1
@@ -66,9 +69,13 @@ class BenchmarkOptions(Options):
 
         if self.prompt:
             prompts = select_prompts(list(self.prompt), self.num_prompts, "--prompt")
+            if self.shuffle:  # a seeded sample of the whole list, as read_prompts does
+                prompts = random.Random(self.shuffle_seed).sample(list(self.prompt),
+                                                                  len(prompts))
             return prompts, f"{len(prompts)} prompts from --prompt"
         prompt_set = read_prompts(self.prompts, num_prompts=self.num_prompts,
-                                  column=self.column, split=self.split)
+                                  column=self.column, shuffle=self.shuffle,
+                                  seed=self.shuffle_seed, split=self.split)
         return prompt_set.prompts, prompt_set.summary()
 
     def bench_config(self, out: str | Path, device: str | None):
