@@ -106,15 +106,23 @@ def test_benchmark_shuffle_takes_a_seeded_sample(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_w8a8(tiny_dir, tmp_path_factory):
     """A W8A8 checkpoint of the tiny UNet, made through the stage functions."""
-    from quant.stages import CalibrateOptions, ModelSpec, QuantizeOptions, calibrate, quantize
+    from quant.stages import ModelSpec, QuantizeOptions, quantize
 
     root = tmp_path_factory.mktemp("w8a8")
+    _calibrate_tiny(tiny_dir, root)
+    quantize(ModelSpec(str(tiny_dir), device="cpu"),
+             QuantizeOptions(w_bits=8, a_bits=8, no_progress=True), root / "calib",
+             root / "quant", log=lambda _: None)
+    return root / "quant"
+
+
+def _calibrate_tiny(tiny_dir, root):
+    from quant.stages import CalibrateOptions, ModelSpec, calibrate
+
+
     model = ModelSpec(str(tiny_dir), device="cpu")
     calibrate(model, CalibrateOptions(prompts=BUNDLED, num_prompts=2, batch_size=2,
                                       no_progress=True), root / "calib", log=lambda _: None)
-    quantize(model, QuantizeOptions(w_bits=8, a_bits=8, no_progress=True), root / "calib",
-             root / "quant", log=lambda _: None)
-    return root / "quant"
 
 
 def test_generate_quantized_equals_load_pipeline(tiny_dir, tiny_w8a8, tmp_path):
@@ -150,3 +158,50 @@ def test_generate_quantized_errors_are_one_line(tiny_dir, tiny_w8a8, tmp_path, c
     assert main([*base, "--quantized", str(tiny_w8a8), "--execution", "kernels"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "integer kernels requested but unavailable" in err[0]
+
+
+def test_dir_quant_lists_the_public_api():
+    import quant
+
+    assert set(quant.__all__) >= {"load_pipeline", "quantize_unet", "BitMap",
+                                  "load_fp_pipeline", "MixDQError", "__version__"}
+    import subprocess
+    import sys
+
+    fresh = subprocess.run([sys.executable, "-c", "import quant; print(' '.join(n for n in "
+                            "dir(quant) if not n.startswith('_')))"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert fresh == ["BitMap", "MixDQError", "load_fp_pipeline", "load_pipeline",
+                     "quantize_unet"]
+    for name in quant.__all__:
+        assert getattr(quant, name) is not None
+
+
+def _readme_block(after: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("```python\n", text.index(after)) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+def test_readme_quantize_your_own_pipeline_snippet_runs(tiny_dir, tiny_w8a8, tmp_path,
+                                                         monkeypatch):
+    """The README's snippet, verbatim but for the model, device and run folder."""
+    from PIL import Image
+
+    import quant.calib
+
+    code = _readme_block("To quantize a pipeline you built yourself")
+    assert "pipe = " in code.split("quantize_unet(pipe.unet")[0]  # pipe is defined first
+    code = (code.replace('"stabilityai/sdxl-turbo"', repr(str(tiny_dir)))
+            .replace('device="cuda"', 'device="cpu"')
+            .replace('"runs/', '"' + str(tiny_w8a8.parent) + "/")
+            .replace("num_inference_steps=1", "num_inference_steps=1, height=64, width=64"))
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert isinstance(scope["image"], Image.Image)
+    saved = tiny_w8a8.parent / "my_w8a8"
+    assert (saved / "quant_config.json").is_file()
+    assert quant.calib.CalibrationData(tiny_w8a8.parent / "calib").prompts
