@@ -205,3 +205,26 @@ def test_readme_quantize_your_own_pipeline_snippet_runs(tiny_dir, tiny_w8a8, tmp
     saved = tiny_w8a8.parent / "my_w8a8"
     assert (saved / "quant_config.json").is_file()
     assert quant.calib.CalibrationData(tiny_w8a8.parent / "calib").prompts
+
+
+def test_loading_is_quiet_and_restores_library_settings(tiny_dir, tmp_path):
+    """No third-party chatter on stderr while loading (fresh process: warn-once notices fire),
+    and the caller's diffusers/transformers verbosity and progress bars survive."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, transformers.utils.logging as t, diffusers.utils.logging as d\n"
+        "import quant\n"
+        "before = (t.get_verbosity(), d.get_verbosity(), t.is_progress_bar_enabled(),"
+        " d.is_progress_bar_enabled())\n"
+        f"pipe = quant.load_pipeline({str(tiny_dir)!r}, device='cpu')\n"
+        "after = (t.get_verbosity(), d.get_verbosity(), t.is_progress_bar_enabled(),"
+        " d.is_progress_bar_enabled())\n"
+        "assert before == after, (before, after)\n"
+        "print(pipe.mixdq_execution)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "full precision"
+    assert proc.stderr == ""

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import MixDQError
 from ..precision import PrecisionGuard, default_device, resolve_dtype
+from ..utils.quiet import quiet_libraries
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 
@@ -86,6 +87,11 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
     Returns:
         A ``diffusers.StableDiffusionXLPipeline`` on ``device`` with the progress bar disabled.
     """
+    with quiet_libraries():  # diffusers/transformers loading chatter is not the user's business
+        return _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale)
+
+
+def _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale):
     from diffusers import StableDiffusionXLPipeline
 
     device = torch.device(device) if device is not None else default_device()

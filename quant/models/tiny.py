@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..utils.io import atomic_path
+from ..utils.quiet import quiet_libraries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,8 @@ def tiny_path(cfg: TinyConfig = TinyConfig(), cache_dir: str | os.PathLike | Non
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     path = root / f"tiny-{cfg.fingerprint()}"
     if not (path / "model_index.json").exists():
-        pipe = build_tiny_pipeline(cfg)
-        with atomic_path(path) as tmp:
-            pipe.save_pretrained(tmp)
+        with quiet_libraries():
+            pipe = build_tiny_pipeline(cfg)
+            with atomic_path(path) as tmp:
+                pipe.save_pretrained(tmp)
     return path
