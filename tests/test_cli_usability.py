@@ -110,9 +110,11 @@ def tiny_w8a8(tiny_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("w8a8")
     _calibrate_tiny(tiny_dir, root)
+    lines = []
     quantize(ModelSpec(str(tiny_dir), device="cpu"),
              QuantizeOptions(w_bits=8, a_bits=8, no_progress=True), root / "calib",
-             root / "quant", log=lambda _: None)
+             root / "quant", log=lines.append)
+    (root / "quantize.log").write_text("\n".join(lines))
     return root / "quant"
 
 
@@ -228,3 +230,19 @@ def test_loading_is_quiet_and_restores_library_settings(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "full precision"
     assert proc.stderr == ""
+
+
+def test_quantize_states_deployed_size_in_mb_of_fp16(tiny_dir, tiny_w8a8):
+    """The quantize stage's size line: the benchmark's byte counter, unit and baseline."""
+    import quant
+    from quant.utils.sizes import fp16_bytes, weight_bytes
+
+    log = (tiny_w8a8.parent / "quantize.log").read_text().splitlines()
+    fp = quant.load_pipeline(str(tiny_dir), device="cpu").unet
+    q = quant.load_pipeline(str(tiny_dir), quantized=tiny_w8a8, device="cpu",
+                            execution="simulate").unet
+    deployed, baseline = weight_bytes(q), fp16_bytes(fp)
+    expected = (f"UNet weights as deployed: {deployed / 1e6:.2f} MB "
+                f"({100 * deployed / baseline:.1f}% of its {baseline / 1e6:.2f} MB in fp16)")
+    assert expected in log
+    assert 0.25 < deployed / baseline < 0.75  # W8 against fp16: about half
