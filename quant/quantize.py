@@ -132,14 +132,14 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         MixDQError: bad bit map, empty calibration, a layer left without a range, or a BOS row
             that differs between samples.
     """
-    from tqdm.auto import tqdm
-
     from .calib.ranges import calibrate_activations
+    from .utils.progress import progress as show_progress
 
     prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
     count = 0
     with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
-        for batch in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress):
+        for batch in show_progress(calibration, desc="calibrating", unit="batches",
+                                   enabled=progress):
             run_unet(unet, batch)
             count += 1
         if count == 0:

@@ -152,9 +152,8 @@ def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str 
     Returns:
         How many images this call wrote.
     """
-    from tqdm.auto import tqdm
-
     from ..generate import generate
+    from ..utils.progress import progress
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +164,7 @@ def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str 
         return 0
     pipe = pipe_fn()
     written = 0
-    bar = tqdm(total=sum(len(b) for b in todo), desc=desc, unit="img", disable=None)
+    bar = progress(total=sum(len(b) for b in todo), desc=desc, unit="images")
     for batch in todo:
         # The whole batch is regenerated even if part of it is on disk, so the images come
         # from the same batched computation as in an uninterrupted run.

@@ -83,7 +83,7 @@ def _bit_map(how, unet, sens_csv: Path, out: Path):
 
 
 def _scores(result: dict, unet) -> dict:
-    from ..bench.timing import weight_bytes
+    from ..utils.sizes import weight_bytes
 
     keep = ("content_acc", "fid", "sqnr_db", "psnr_db", "ssim")
     row = {k: float(result[k]) for k in keep if k in result}

@@ -215,8 +215,7 @@ def _measure(pipe, calib, config, mine, log, quantized_base, dist, dtype, progre
              "image_seconds": 0.0, "full_forward_s": None, "baseline": None}
     if not mine:
         return stats
-    from tqdm.auto import tqdm
-
+    from ..utils.progress import progress as show_progress
     from .measure import Measurer
 
     measurer = Measurer(pipe, calib, config, mine, quantized_base=quantized_base,
@@ -224,8 +223,8 @@ def _measure(pipe, calib, config, mine, log, quantized_base, dist, dtype, progre
     stats["baseline"] = dataclasses.asdict(measurer.baseline)
     stats["full_forward_s"] = measurer.baseline.full_forward_s
     total = sum(measurer.evaluations(n) for n in mine)
-    with tqdm(total=total, unit="eval", desc=f"sensitivity[{dist.rank}]", dynamic_ncols=True,
-              disable=not (progress and dist.main)) as bar:
+    with show_progress(total=total, unit="evaluations", desc=f"sensitivity[{dist.rank}]",
+                       enabled=progress and dist.main) as bar:
         for name in mine:
             start = time.perf_counter()
             rows = measurer.measure(name, on_evaluation=lambda: bar.update(1))
