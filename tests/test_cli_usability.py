@@ -32,7 +32,7 @@ def test_unknown_option_prints_the_subcommands_usage(command, capsys):
 
 def test_help_texts(capsys):
     generate = _help(capsys, "generate")
-    for flag in ("--prompt PROMPT the text prompt", "--steps STEPS denoising steps (default 1)",
+    for flag in ("--prompt PROMPT the text prompt", "--steps STEPS denoising steps (default 1, as SDXL-Turbo)",
                  "--guidance GUIDANCE classifier-free guidance scale (default 0",
                  "--seed SEED random seed of the noise (default 42)",
                  "--quantized QUANT_DIR", "--execution {auto,kernels,simulate}"):

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import MixDQError
 from ..utils.io import save_image, write_json
-from .distributed import Shard
+from ..utils.distributed import Shard
 
 MANIFEST = "manifest.json"
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import MixDQError
-from .distributed import Shard
+from ..utils.distributed import Shard
 from .evaluate import MetricModels, evaluate_variants
 from .generation import GenerationSettings, generate_images, image_path
 from .metrics import list_images

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from .common import (add_execution_arg, add_model_args, add_prompt_args, model_spec,
-                     positive_int, stage_options)
+from .common import (add_execution_arg, add_generation_args, add_model_args, add_prompt_args,
+                     model_spec, positive_int, stage_options)
 
 
 def register(sub):
@@ -33,11 +33,7 @@ def register(sub):
     p.add_argument("--real-images", metavar="DIR", help="real images for FID vs real")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     g = p.add_argument_group("generation")
-    g.add_argument("--steps", type=positive_int, default=1, help="denoising steps (default 1)")
-    g.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance scale (default 0: none)")
-    g.add_argument("--resolution", type=positive_int, default=None,
-                   help="image side in pixels (default: the model's native size)")
+    add_generation_args(g)
     g.add_argument("--seed", type=int, default=42, help="seed of prompt 0; prompt i: seed + i")
     g.add_argument("--batch-size", type=positive_int, default=1,
                    help="prompts per pipeline call (default 1)")

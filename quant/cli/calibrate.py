@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import (add_model_args, add_prompt_args, model_spec,
+from .common import (add_generation_args, add_model_args, add_prompt_args, model_spec,
                      positive_int, stage_options)
 
 
@@ -17,12 +17,7 @@ def register(sub):
                    help="COCO caption .json, .csv/.tsv with a text column, .txt (one per line), "
                         "hf:NAME[:SPLIT], or a folder saved with datasets")
     add_prompt_args(p, "how many prompts to take (default 32)", default=32)
-    p.add_argument("--steps", type=positive_int, default=1,
-                   help="denoising steps per prompt (default 1)")
-    p.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance scale (default 0: none)")
-    p.add_argument("--resolution", type=positive_int, default=None,
-                   help="image side in pixels (default: the model's native size)")
+    add_generation_args(p)
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per shard")
     p.add_argument("--seed", type=int, default=42, help="prompt i uses seed + i (default 42)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -22,6 +22,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="strength of the fused LoRA (default 1.0)")
 
 
+def add_generation_args(p) -> None:
+    """``--steps``, ``--guidance``, ``--resolution``: how every stage that generates does it."""
+    p.add_argument("--steps", type=positive_int, default=1,
+                   help="denoising steps (default 1, as SDXL-Turbo)")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance scale (default 0: none, as SDXL-Turbo)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image side in pixels (default: the model's native size)")
+
+
 def add_prompt_args(p: argparse.ArgumentParser, num_prompts_help: str, **num_prompts) -> None:
     """The prompt-file options every stage that reads prompts shares."""
     p.add_argument("--num-prompts", type=positive_int, help=num_prompts_help, **num_prompts)

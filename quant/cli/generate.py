@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MixDQError
-from .common import add_execution_arg, add_model_args, model_spec, positive_int
+from .common import add_execution_arg, add_generation_args, add_model_args, model_spec
 
 
 def register(sub):
@@ -19,12 +19,7 @@ def register(sub):
                    "the full-precision UNet")
     add_execution_arg(p)
     p.add_argument("--prompt", required=True, help="the text prompt")
-    p.add_argument("--steps", type=positive_int, default=1,
-                   help="denoising steps (default 1)")
-    p.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance scale (default 0: none, as SDXL-Turbo)")
-    p.add_argument("--resolution", type=positive_int, default=None,
-                   help="image side in pixels (default: the model's native size)")
+    add_generation_args(p)
     p.add_argument("--seed", type=int, default=42, help="random seed of the noise (default 42)")
     p.add_argument("--out", required=True, help="output image file (.png, .jpg or .webp)")
     return p

@@ -27,8 +27,8 @@ from ..calib.store import MANIFEST
 from ..errors import MixDQError
 from ..models.spec import ModelSpec
 from ..utils.io import write_json, write_text
+from ..utils.distributed import Distributed
 from .config import SensitivityConfig
-from .dist import Distributed
 from .results import LayerLog, format_protect, protect_list, read_logs, write_csv
 
 FORMAT = "mixdq-sensitivity-run"

@@ -108,27 +108,22 @@ def benchmark(model: ModelSpec, options: BenchmarkOptions,
     Returns:
         The report, or ``None`` on torchrun ranks other than 0.
     """
-    from ..bench import fp_variant, init_shard, quantized_variant, run_benchmark
+    from ..bench import fp_variant, quantized_variant, run_benchmark
     from ..bench.report import markdown
+    from ..utils.distributed import Distributed
 
     pairs = list(quantized.items()) if isinstance(quantized, Mapping) else list(quantized)
     prompts, source = options.read_prompts()
-    shard = init_shard()
-    device = model.device
-    if shard.world_size > 1 and device is None:
-        import torch
-
-        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
     config = options.bench_config(out, model.device)
-    lora = dict(lora=model.lora, lora_scale=model.lora_scale)
-    variants = [fp_variant(model.model, device, model.dtype, **lora)]
-    for name, folder in pairs:
-        variants.append(quantized_variant(model.model, folder, device, model.dtype, name=name,
-                                          execution=options.execution, **lora))
-    try:
-        report = run_benchmark(variants, prompts, config, shard=shard, prompts_source=source)
-    finally:
-        shard.close()
+    with Distributed(model.device) as dist:  # under torchrun: this rank's GPU, its share
+        device = str(dist.device)
+        lora = dict(lora=model.lora, lora_scale=model.lora_scale)
+        variants = [fp_variant(model.model, device, model.dtype, **lora)]
+        for name, folder in pairs:
+            variants.append(quantized_variant(model.model, folder, device, model.dtype,
+                                              name=name, execution=options.execution, **lora))
+        report = run_benchmark(variants, prompts, config, shard=dist.place,
+                               prompts_source=source)
     if report is not None:
         log(markdown(report).rstrip("\n"))
         log(f"wrote {out}/report.json, report.md, grid.png")
