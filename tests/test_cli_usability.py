@@ -32,7 +32,8 @@ def test_unknown_option_prints_the_subcommands_usage(command, capsys):
 
 def test_help_texts(capsys):
     generate = _help(capsys, "generate")
-    for flag in ("--prompt PROMPT the text prompt", "--steps STEPS denoising steps (default 1, as SDXL-Turbo)",
+    for flag in ("--prompt PROMPT the text prompt",
+                 "--steps STEPS denoising steps (default 1, as SDXL-Turbo)",
                  "--guidance GUIDANCE classifier-free guidance scale (default 0",
                  "--seed SEED random seed of the noise (default 42)",
                  "--quantized QUANT_DIR", "--execution {auto,kernels,simulate}"):
@@ -138,7 +139,7 @@ def test_generate_quantized_equals_load_pipeline(tiny_dir, tiny_w8a8, tmp_path):
     common = ["--model", str(tiny_dir), "--device", "cpu", "--prompt", "a cat on a mat",
               "--seed", "7"]
     assert main(["generate", *common, "--quantized", str(tiny_w8a8), "--execution",
-                 "simulate", "--out", str(out)]) == 0
+                 "simulation", "--out", str(out)]) == 0  # the name pipe.mixdq_execution uses
     assert main(["generate", *common, "--out", str(fp_out)]) == 0
     pipe = quant.load_pipeline(str(tiny_dir), quantized=tiny_w8a8, device="cpu",
                                execution="simulate")

@@ -50,6 +50,7 @@ EXECUTIONS = ("auto", "kernels", "simulate")
 def add_execution_arg(p: argparse.ArgumentParser) -> None:
     """``--execution``: how a quantized UNet runs (as ``quant.load_pipeline(execution=...)``)."""
     p.add_argument("--execution", choices=EXECUTIONS, default="auto",
+                   type=lambda text: "simulate" if text == "simulation" else text,
                    help="run quantized UNets on the integer kernels ('kernels': an error where "
                    "they are unavailable), in simulation (same numbers, float arithmetic), or "
                    "'auto': the kernels when available (default auto)")
