@@ -5,7 +5,7 @@ Public API (imported lazily so that ``import quant`` stays cheap):
 - :func:`quant.load_pipeline` - a stock diffusers pipeline, its UNet quantized from a checkpoint.
 - :func:`quant.quantize_unet` - quantize a UNet you built yourself, given a bit map and
   calibration batches.
-- :func:`quant.models.load_fp_pipeline` - load a full-precision SDXL-style pipeline.
+- :func:`quant.models.load_fp_pipeline` - load a full-precision pipeline (SDXL, SD 1.5/2.1, ...).
 """
 
 __version__ = "0.1.0"

@@ -20,8 +20,9 @@ EXECUTIONS = ("auto", "kernels", "simulate")
 def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path | None = None, *,
                   device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                   execution: str = "auto", cuda_graphs: bool = False, lora: str | None = None,
-                  lora_scale: float = 1.0):
-    """Load a stock ``StableDiffusionXLPipeline``, with its UNet quantized when asked.
+                  lora_scale: float = 1.0, scheduler: str | None = None):
+    """Load a stock diffusers pipeline (the class ``model_index.json`` names: SDXL, SD 1.5/2.1...),
+    with its UNet quantized when asked.
 
     Args:
         model: Hub id, local diffusers folder, ``"tiny"`` or ``"proxy"``: the float base model
@@ -37,6 +38,7 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
         cuda_graphs: with kernels on CUDA, replay the UNet through captured CUDA graphs.
         lora, lora_scale: a LoRA to fuse before the checkpoint is applied; it must be the one
             fused when the checkpoint was made (see :func:`quant.models.loading.fuse_lora`).
+        scheduler: a diffusers scheduler class name replacing the model's.
 
     Returns:
         The pipeline. ``pipe.mixdq_execution`` says how the UNet runs (``"full precision"``,
@@ -47,7 +49,8 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
 
     if execution not in EXECUTIONS:
         raise MixDQError(f"unknown execution {execution!r}; use one of {', '.join(EXECUTIONS)}")
-    pipe = load_fp_pipeline(model, device, dtype, lora=lora, lora_scale=lora_scale)
+    pipe = load_fp_pipeline(model, device, dtype, lora=lora, lora_scale=lora_scale,
+                            scheduler=scheduler)
     pipe.mixdq_execution = "full precision"
     if quantized is None:
         return pipe
@@ -56,6 +59,11 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
     load_quantized(pipe.unet, quantized)
     pipe.mixdq_execution = "simulation"
     use_kernels, why = _kernels_usable(pipe.unet.device, execution)
+    if getattr(pipe.unet, "mixdq_step_clock", None) is not None and (use_kernels
+                                                                     or execution == "kernels"):
+        # the kernels take one activation scale per layer, fixed at conversion
+        use_kernels, why = False, ("the checkpoint has timestep-dependent activation ranges, "
+                                   "which run simulated only")
     if use_kernels:
         from .deploy import CudaGraphUNet, convert
 

@@ -5,7 +5,9 @@ A checkpoint folder holds
 - ``unet_quant.safetensors``: per quantized layer ``NAME.qweight`` (int8, or uint8 with two
   4-bit / four 2-bit values per byte, see :mod:`quant.packing`), ``NAME.wscale`` (float32
   ``[out]``), ``NAME.act_scale`` / ``NAME.act_zero_point`` (one per input slice),
-  ``NAME.act_range`` (calibrated ``[slices, 2]``) and ``NAME.bos_row`` (cross-attention k/v);
+  ``NAME.act_range`` (calibrated ``[slices, 2]``), ``NAME.bos_row`` (cross-attention k/v) and,
+  with timestep-dependent ranges (:mod:`quant.steps`), ``NAME.act_range_steps``
+  (``[steps, slices, 2]``, the steps' timesteps in the config's ``step_timesteps``);
 - ``quant_config.json``: format, versions, base model, a fingerprint of the base UNet's
   weights, and per layer its kind, weight shape, bits, split and BOS flag;
 - ``bitmap.json``: the bit map it was made with; ``report.txt``: what was quantized.
@@ -29,6 +31,7 @@ from .packing import pack, unpack
 from .qmodules import qmodule_class
 from .report import quantization_report
 from .structure import quantizable_layers
+from .steps import StepClock, install_clock
 from .unet import set_submodule
 from .utils.io import atomic_path, write_json, write_text
 
@@ -109,12 +112,18 @@ def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
             tensors[f"{name}.act_zero_point"] = form.act_zero_point.contiguous()
         if layer.act_range is not None:
             tensors[f"{name}.act_range"] = torch.tensor(layer.act_range, dtype=torch.float32)
+        if layer.step_ranges is not None:  # timestep-dependent ranges: [steps, slices, 2]
+            tensors[f"{name}.act_range_steps"] = torch.tensor(layer.step_ranges,
+                                                              dtype=torch.float32)
         if form.bos_row is not None:
             tensors[f"{name}.bos_row"] = form.bos_row.float().cpu().contiguous()
     base_hash = getattr(unet, "mixdq_base_hash", None) or unet_hash(unet)
     config = {"format": FORMAT, "version": VERSION, "toolkit_version": __version__,
               "base_model": str(base_model), "unet_hash": base_hash, "layers": entries,
               **(metadata or {})}
+    clock = getattr(unet, "mixdq_step_clock", None)
+    if clock is not None and any(m.step_ranges is not None for m in layers.values()):
+        config["step_timesteps"] = list(clock.timesteps)
     bit_map = BitMap({n: LayerBits(e["w"], e["a"]) for n, e in entries.items()})
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -193,6 +202,9 @@ def load_quantized(fp_unet: nn.Module, quant_dir: str | Path) -> nn.Module:
                          f"load it onto the model it was quantized from")
     tensors = _read_tensors(quant_dir / WEIGHTS_FILE)
     layers = quantizable_layers(fp_unet)
+    clock = None
+    if config.get("step_timesteps"):  # timestep-dependent activation ranges (quant.steps)
+        clock = StepClock(config["step_timesteps"])
     for name in layers:
         if name not in config["layers"]:
             raise MixDQError(f"quantized checkpoint {quant_dir}: layer {name} of the UNet is "
@@ -201,7 +213,17 @@ def load_quantized(fp_unet: nn.Module, quant_dir: str | Path) -> nn.Module:
         if name not in layers:
             raise MixDQError(f"quantized checkpoint {quant_dir}: layer {name} is not a "
                              f"Linear/Conv2d of this UNet")
-        set_submodule(fp_unet, name, _load_layer(layers[name], name, entry, tensors, quant_dir))
+        layer = _load_layer(layers[name], name, entry, tensors, quant_dir)
+        if clock is not None and f"{name}.act_range_steps" in tensors:
+            ranges = tensors[f"{name}.act_range_steps"]
+            if ranges.dim() != 3 or ranges.shape[0] != len(clock.timesteps):
+                raise MixDQError(f"quantized checkpoint {quant_dir}: {name}.act_range_steps has "
+                                 f"shape {list(ranges.shape)}, expected "
+                                 f"[{len(clock.timesteps)}, slices, 2]")
+            layer.set_step_ranges(ranges.tolist(), clock)
+        set_submodule(fp_unet, name, layer)
+    if clock is not None:
+        install_clock(fp_unet, clock)
     fp_unet.mixdq_base_hash = actual
     return fp_unet
 

@@ -14,6 +14,11 @@ Two refinements of the input quantizer, both read from the model by :mod:`quant.
 - ``bos``: cross-attention key/value projections take the text embedding, whose first (BOS)
   token is the same for every prompt and carries a huge outlier. Its output row is computed once
   in full precision and put back in front; only tokens 1.. are quantized.
+
+Optionally an input range per denoising step (``step_ranges``, set by a multi-step calibration
+with timestep-dependent ranges, see :mod:`quant.steps`): the range of the step that a
+:class:`~quant.steps.StepClock` shared by the UNet's layers names is used instead of
+``act_range`` (which stays the range over all steps, and the one of :meth:`integer_form`).
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class QuantLayer:
         self.bos = bos
         self.bos_row: torch.Tensor | None = None
         self.act_range: list[tuple[float, float]] | None = None
+        self.step_ranges: list[list[tuple[float, float]]] | None = None
+        self.step_clock = None  # a quant.steps.StepClock when step_ranges are used
         self._wcache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pinned_bits: int | None = None
         self._w_hat: torch.Tensor | None = None
@@ -219,17 +226,39 @@ class QuantLayer:
         self.act_range = [(float(lo), float(hi)) for lo, hi in ranges]
         self._aparams = {}
 
+    def set_step_ranges(self, ranges: list[list[tuple[float, float]]] | None, clock=None) -> None:
+        """Input ranges per denoising step (one ``(lo, hi)`` per slice each), chosen by
+        ``clock.index`` (a :class:`quant.steps.StepClock`) at run time; ``None`` removes them."""
+        if ranges is not None:
+            expected = 1 if self.split is None else 2
+            if any(len(r) != expected for r in ranges) or clock is None:
+                raise MixDQError(f"layer {self.layer_name}: per-step ranges need {expected} "
+                                 f"range(s) per step and a step clock")
+            ranges = [[(float(lo), float(hi)) for lo, hi in r] for r in ranges]
+        self.step_ranges = ranges
+        self.step_clock = clock if ranges is not None else None
+        self._aparams = {}
+
     def act_params(self, bits: int) -> list[tuple[torch.Tensor, int]]:
-        """``(scale, zero_point)`` per input slice at ``bits``, from the calibrated range."""
-        if bits not in self._aparams:
+        """``(scale, zero_point)`` per input slice at ``bits``, from the calibrated range (the
+        current step's when per-step ranges are set and the step clock names a step)."""
+        step = None
+        if self.step_ranges is not None and self.step_clock.index is not None:
+            step = self.step_clock.index
+        return self._act_params_at(bits, step)
+
+    def _act_params_at(self, bits: int, step: int | None) -> list[tuple[torch.Tensor, int]]:
+        key = bits if step is None else (bits, step)
+        if key not in self._aparams:
             if self.act_range is None:
                 raise MixDQError(f"layer {self.layer_name}: no activation range; calibrate "
                                  f"(quant.calib.ranges.calibrate_activations) before quantizing "
                                  f"its input to {bits} bits")
+            ranges = self.act_range if step is None else self.step_ranges[step]
             device = self.weight.device
-            self._aparams[bits] = [(scale.to(device), zp) for scale, zp in
-                                   (act_qparams(lo, hi, bits) for lo, hi in self.act_range)]
-        return self._aparams[bits]
+            self._aparams[key] = [(scale.to(device), zp) for scale, zp in
+                                  (act_qparams(lo, hi, bits) for lo, hi in ranges)]
+        return self._aparams[key]
 
     def set_bos_input(self, row: torch.Tensor) -> None:
         """Precompute the full-precision output of the BOS token from its input ``row`` ``[D]``."""
@@ -285,7 +314,7 @@ class QuantLayer:
             qweight, wscale = self.quantized_weight(w_bits)
         act_scale = act_zp = None
         if a_bits is not None:
-            params = self.act_params(a_bits)
+            params = self._act_params_at(a_bits, None)  # the range over all steps
             act_scale = torch.stack([s.float().cpu() for s, _ in params])
             act_zp = torch.tensor([zp for _, zp in params], dtype=torch.int32)
         bias = None if self.bias is None else self.bias.detach().float()

@@ -21,6 +21,7 @@ from .checkpoint import unet_hash
 from .errors import MixDQError
 from .qmodules import qmodule_class
 from .structure import is_cross_attention_kv, quantizable_layers
+from .steps import install_clock, remove_clock, split_by_step
 from .unet import UNET_INPUTS, run_unet, set_submodule
 
 __all__ = ["UNET_INPUTS", "concat_splits", "prepare", "quantize_unet", "output_sqnr", "run_unet",
@@ -113,6 +114,7 @@ def prepare(unet: nn.Module, bit_map: BitMap | str | Path, *, bos: bool = True,
 
 def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: Iterable[Mapping],
                   *, bos: bool = True, weight_scale: str = "mse", momentum: float = 0.95,
+                  range_reduction: str = "auto", timestep_ranges: bool = False,
                   progress: bool = True) -> nn.Module:
     """Prepare ``unet`` with ``bit_map`` and calibrate its activation ranges, in place.
 
@@ -123,6 +125,13 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         bos: BOS-aware quantization of cross-attention key/value inputs.
         weight_scale: ``"mse"`` or ``"minmax"``.
         momentum: moving-average momentum of the activation ranges.
+        range_reduction: how ranges are reduced over batches (:mod:`quant.calib.ranges`):
+            ``auto`` (the original's EMA for a one-step calibration, running min/max when the
+            batches' ``step`` shows several steps), ``ema`` or ``minmax``.
+        timestep_ranges: also calibrate one activation range per denoising step (batches
+            carry ``step`` and ``timestep``) and select it by the timestep of each UNet call
+            (:mod:`quant.steps`; simulated execution). Nothing changes for a one-step
+            calibration.
         progress: show a tqdm bar over the batches.
 
     Returns:
@@ -136,14 +145,37 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
     from .utils.progress import progress as show_progress
 
     prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
+    remove_clock(unet)
     count = 0
-    with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
+    timesteps: dict[int, float] = {}
+    with torch.no_grad(), calibrate_activations(unet, momentum=momentum,
+                                                reduction=range_reduction) as cal:
         for batch in show_progress(calibration, desc="calibrating", unit="batches",
                                    enabled=progress):
-            run_unet(unet, batch)
+            if "step" in batch:
+                cal.note_steps(batch["step"])
+            if not timestep_ranges:
+                run_unet(unet, batch)
+            else:
+                if "step" not in batch:
+                    raise MixDQError("timestep_ranges: calibration batches lack 'step'")
+                for step, part in split_by_step(batch):
+                    timesteps.setdefault(step, float(part["timestep"].flatten()[0]))
+                    cal.step = step
+                    run_unet(unet, part)
             count += 1
         if count == 0:
             raise MixDQError("no calibration batches: the calibration set is empty")
+    if len(timesteps) > 1:
+        steps = sorted(timesteps)
+        if steps != list(range(len(steps))):
+            raise MixDQError(f"timestep_ranges: calibration steps {steps} are not 0..n-1")
+        clock = install_clock(unet, [timesteps[s] for s in steps])
+        for name, per_step in cal.step_ranges.items():
+            if sorted(per_step) != steps:
+                raise MixDQError(f"timestep_ranges: layer {name} ran at steps "
+                                 f"{sorted(per_step)} only, not at every step {steps}")
+            cal.layers[name].set_step_ranges([per_step[s] for s in steps], clock)
     for name, layer in quantizable_layers(unet).items():
         if layer.active_a_bits is not None and layer.act_range is None:
             raise MixDQError(f"layer {name} was never called during calibration; its input "

@@ -1,10 +1,11 @@
 """``mixdq run``: calibrate -> sensitivity -> allocate -> quantize -> benchmark from one config.
 
 A run config (YAML) fills :class:`RunConfig`: the model (``model``, ``device``, ``dtype``,
-``lora``, ``lora_scale``: one :class:`~quant.models.ModelSpec` shared by every stage) and one
-section per stage whose keys are the fields of that stage's options (``quant.stages``; the long
-flags of its subcommand, ``-`` written ``_``). Every section is turned into typed options when the
-config is loaded, so a bad key, type or value anywhere fails before any stage runs.
+``lora``, ``lora_scale``, ``scheduler``: one :class:`~quant.models.ModelSpec` shared by every
+stage) and one section per stage whose keys are the fields of that stage's options
+(``quant.stages``; the long flags of its subcommand, ``-`` written ``_``). Every section is
+turned into typed options when the config is loaded, so a bad key, type or value
+anywhere fails before any stage runs.
 
 Layout of ``OUT``::
 
@@ -38,7 +39,7 @@ from .utils.io import write_json
 
 STAGE_RECORD = "stage.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_MODEL_KEYS = ("model", "device", "dtype", "lora", "lora_scale")
+_MODEL_KEYS = ("model", "device", "dtype", "lora", "lora_scale", "scheduler")
 _SECTIONS = (*_MODEL_KEYS, "calibrate", "sensitivity", "variants", "benchmark")
 # option keys that name files: relative paths are taken from the config file's folder
 _PATH_KEYS = {"prompts", "real_images", "inception", "clip", "bit_map", "protect", "lora",

@@ -16,9 +16,12 @@ from torch import nn
 
 from .errors import MixDQError
 
-# keyword inputs of a diffusers UNet call, as recorded by the calibrate stage
+# keyword inputs of a diffusers UNet call, as recorded by the calibrate stage; the optional ones
+# are recorded when the pipeline passes them (`timestep_cond` for guidance-embedded models,
+# `class_labels` and the attention masks for pipelines that use them)
+OPTIONAL_INPUTS = ("timestep_cond", "class_labels", "attention_mask", "encoder_attention_mask")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs",
-               "timestep_cond")
+               *OPTIONAL_INPUTS)
 REQUIRED_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 
 

@@ -35,6 +35,7 @@ class GenerationSettings:
         seed: seed of prompt 0; prompt ``i`` uses ``seed + i``.
         batch_size: prompts per pipeline call. Batches are fixed blocks of consecutive indices,
             so a resumed run regenerates exactly the batches a clean run would.
+        negative_prompt: the unconditional prompt when ``guidance > 1``.
     """
 
     steps: int = 1
@@ -42,6 +43,7 @@ class GenerationSettings:
     resolution: int | None = None
     seed: int = 42
     batch_size: int = 1
+    negative_prompt: str = ""
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -170,6 +172,7 @@ def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str 
         # from the same batched computation as in an uninterrupted run.
         images = generate(pipe, prompts[batch.start:batch.stop], steps=settings.steps,
                           guidance=settings.guidance, resolution=settings.resolution,
+                          negative_prompt=settings.negative_prompt,
                           seed=settings.seed + batch.start)
         for i, image in zip(batch, images):
             if not image_path(folder, i).is_file():

@@ -46,7 +46,7 @@ def _dtype_name(device, dtype) -> str:
 
 
 def fp_variant(model: str, device=None, dtype=None, name: str = "fp", lora: str | None = None,
-               lora_scale: float = 1.0) -> Variant:
+               lora_scale: float = 1.0, scheduler: str | None = None) -> Variant:
     """The full-precision pipeline of ``model`` (the reference).
 
     Args:
@@ -54,11 +54,13 @@ def fp_variant(model: str, device=None, dtype=None, name: str = "fp", lora: str 
         device, dtype: as in :func:`quant.models.load_fp_pipeline`.
         name: column name.
         lora, lora_scale: a LoRA fused into the model first.
+        scheduler: a diffusers scheduler class name replacing the model's.
     """
     from ..models import load_fp_pipeline
 
     return Variant(name=name, load=lambda: load_fp_pipeline(model, device, dtype, lora=lora,
-                                                            lora_scale=lora_scale),
+                                                            lora_scale=lora_scale,
+                                                            scheduler=scheduler),
                    source={"model": model, "dtype": _dtype_name(device, dtype), "lora": lora},
                    reference=True)
 
@@ -72,7 +74,7 @@ def variant_name(quant_dir: str | Path) -> str:
 
 def quantized_variant(model: str, quant_dir: str | Path, device=None, dtype=None,
                       name: str | None = None, execution: str = "auto", lora: str | None = None,
-                      lora_scale: float = 1.0) -> Variant:
+                      lora_scale: float = 1.0, scheduler: str | None = None) -> Variant:
     """``model``'s pipeline with the UNet loaded from the quantized folder ``quant_dir``.
 
     Args:
@@ -83,6 +85,7 @@ def quantized_variant(model: str, quant_dir: str | Path, device=None, dtype=None
         execution: as in :func:`quant.load_pipeline` (integer kernels when available, or
             simulation); the pipeline's ``mixdq_execution`` says which ran.
         lora, lora_scale: the LoRA fused before the checkpoint was made.
+        scheduler: a diffusers scheduler class name replacing the model's.
 
     Raises:
         MixDQError: the folder does not exist or is not a quantized checkpoint.
@@ -98,7 +101,7 @@ def quantized_variant(model: str, quant_dir: str | Path, device=None, dtype=None
         from ..api import load_pipeline
 
         return load_pipeline(model, quant_dir, device=device, dtype=dtype, execution=execution,
-                             lora=lora, lora_scale=lora_scale)
+                             lora=lora, lora_scale=lora_scale, scheduler=scheduler)
 
     return Variant(name=name or variant_name(quant_dir), load=load,
                    source={"model": model, "quantized": str(quant_dir.resolve()),

@@ -21,6 +21,11 @@ from ..utils.io import save_image, write_json
 from . import store
 
 
+# UNet arguments handled by name below (``return_dict`` is the pipeline's business).
+_KNOWN = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond",
+          "return_dict")
+
+
 class UNetRecorder:
     """Hooks on a UNet that keep, for every call, its inputs and its output (on the CPU).
 
@@ -63,7 +68,17 @@ class UNetRecorder:
             "added_cond_kwargs": {k: _cpu(v) for k, v in added.items()
                                   if isinstance(v, torch.Tensor)},
             "timestep_cond": _cpu(bound.get("timestep_cond")),
+            "extra": {},
         }
+        for key, value in bound.items():
+            if key in _KNOWN or value is None or (isinstance(value, dict) and not value):
+                continue
+            if key in store.OPTIONAL_KEYS and isinstance(value, torch.Tensor):
+                self._pending["extra"][key] = _cpu(value)
+            else:
+                raise MixDQError(f"the pipeline passes {key} to its UNet; calibration records "
+                                 f"only {', '.join(store.UNET_KEYS)} (a ControlNet, adapter or "
+                                 f"runtime LoRA scale is not supported: fuse LoRAs first)")
 
     def _after(self, module, args, output):
         if isinstance(output, (tuple, list)):
@@ -105,6 +120,11 @@ def _rows(calls: list[dict], first_prompt: int, n_prompts: int, steps: int) -> d
             row[store.ADDED_PREFIX + key] = value
         if call["timestep_cond"] is not None:
             row["timestep_cond"] = call["timestep_cond"]
+        for key, value in call["extra"].items():
+            if value.dim() == 0 or value.shape[0] != n_rows:
+                raise MixDQError(f"the pipeline passed {key} of shape {list(value.shape)} to "
+                                 f"its UNet; calibration records one row per sample")
+            row[key] = value
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
     return {k: torch.cat(v) for k, v in columns.items()}
@@ -220,7 +240,7 @@ def _manifest(out: Path, intent: dict, batches: list[tuple[int, int, int]]) -> d
 
 
 def _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_name,
-            source) -> dict:
+            source, negative_prompt="") -> dict:
     # Same condition as diffusers' SDXL pipeline for doubling the batch.
     cfg = guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
     intent = {
@@ -232,6 +252,8 @@ def _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_
         "prompts": list(prompts),
         "versions": _versions(),
     }
+    if negative_prompt:  # stored only when set: calibrations without one keep their settings
+        intent["settings"]["negative_prompt"] = negative_prompt
     if source is not None:
         intent["source"] = source
     return intent
@@ -240,14 +262,17 @@ def _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_
 def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: int = 1,
                        guidance: float = 0.0, resolution: int | None = None,
                        batch_size: int = 8, seed: int = 42, model_name: str = "unknown",
-                       progress: bool = True, source: dict | None = None) -> Path:
+                       progress: bool = True, source: dict | None = None,
+                       negative_prompt: str = "") -> Path:
     """Run the full-precision pipeline on ``prompts`` and record every UNet call.
 
     Resumable: rerunning with the same arguments finishes an interrupted run (producing the same
     files as an uninterrupted one) and does nothing to a finished one.
 
     Args:
-        pipe: an SDXL-style diffusers pipeline (e.g. from :func:`quant.models.load_fp_pipeline`).
+        pipe: a text-to-image diffusers pipeline of any family in :mod:`quant.models.families`
+            (e.g. from :func:`quant.models.load_fp_pipeline`); the UNet inputs it passes are
+            recorded as they are (no added conditions unless the model has them).
         prompts: the prompts, one image each.
         out_dir: the calibration folder to create or resume.
         steps: denoising steps; every step's UNet call is recorded.
@@ -258,6 +283,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
         model_name: how the model was named (recorded in the manifest).
         progress: show a progress bar (prompts/s and ETA).
         source: optional description of where the prompts came from, for the manifest.
+        negative_prompt: the unconditional prompt of classifier-free guidance (see
+            :func:`quant.generate.generate`).
 
     Returns:
         The calibration folder, readable with :class:`quant.calib.CalibrationData`.
@@ -273,7 +300,7 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
     resolution = resolution or default_resolution(pipe)
     out = Path(out_dir)
     intent = _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_name,
-                     source)
+                     source, negative_prompt)
     intent = _prepare_folder(out, intent)
     batches = [(k, start, min(start + batch_size, len(prompts)))
                for k, start in enumerate(range(0, len(prompts), batch_size))]
@@ -284,7 +311,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
         for index, start, stop in todo:
             rec.take()
             images = generate(pipe, prompts[start:stop], steps=steps, guidance=guidance,
-                              resolution=resolution, seed=seed + start)
+                              resolution=resolution, seed=seed + start,
+                              negative_prompt=negative_prompt)
             rows = _rows(rec.take(), start, stop - start, steps)
             for i, image in enumerate(images):
                 save_image(image, out / store.image_name(start + i))
@@ -299,7 +327,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
 
 
 def finished_run(out_dir: str | Path, prompts: list[str], *, steps: int, guidance: float,
-                 resolution: int | None, batch_size: int, seed: int, model_name: str) -> bool:
+                 resolution: int | None, batch_size: int, seed: int, model_name: str,
+                 negative_prompt: str = "") -> bool:
     """Whether ``out_dir`` already holds a complete run of exactly these settings.
 
     Lets the CLI skip loading the model for a no-op rerun. ``resolution=None`` matches the
@@ -313,4 +342,5 @@ def finished_run(out_dir: str | Path, prompts: list[str], *, steps: int, guidanc
     s = data.manifest["settings"]
     return (data.model == model_name and data.prompts == list(prompts) and s["steps"] == steps
             and s["guidance"] == float(guidance) and s["batch_size"] == batch_size
-            and s["seed"] == seed and resolution in (None, s["resolution"]))
+            and s["seed"] == seed and resolution in (None, s["resolution"])
+            and s.get("negative_prompt", "") == negative_prompt)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MixDQError
+from ..unet import OPTIONAL_INPUTS, UNET_INPUTS
 from ..utils.io import write_bytes
 
 FORMAT = "mixdq-calib"
@@ -32,11 +33,13 @@ MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 IMAGE_DIR = "images"
 ADDED_PREFIX = "added_cond_kwargs."
-# Keys of a batch besides the added conditions; `timestep_cond` only for guidance-embedded models.
+# Keys of a batch besides the added conditions. Optional UNet inputs are recorded when the
+# pipeline passes them: `timestep_cond` for guidance-embedded models, `class_labels` and the
+# attention masks for pipelines that use them.
 ROW_KEYS = ("sample", "timestep", "encoder_hidden_states", "output", "step", "prompt_index",
             "cond")
-OPTIONAL_KEYS = ("timestep_cond",)
-UNET_KEYS = ("sample", "timestep", "encoder_hidden_states", "added_cond_kwargs", "timestep_cond")
+OPTIONAL_KEYS = OPTIONAL_INPUTS
+UNET_KEYS = UNET_INPUTS
 
 
 def shard_name(index: int) -> str:
@@ -173,8 +176,11 @@ class CalibrationData:
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of :func:`quant.generate.generate` that reproduce the references."""
-        return {"steps": self.steps, "guidance": self.guidance,
-                "resolution": self.resolution, "seed": self.seed}
+        kwargs = {"steps": self.steps, "guidance": self.guidance,
+                  "resolution": self.resolution, "seed": self.seed}
+        if self.manifest["settings"].get("negative_prompt"):  # recorded only when set
+            kwargs["negative_prompt"] = self.manifest["settings"]["negative_prompt"]
+        return kwargs
 
     def __len__(self) -> int:
         """Number of samples: recorded UNet rows (prompts x steps, x2 with guidance)."""

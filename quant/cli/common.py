@@ -10,9 +10,11 @@ from ..errors import MixDQError
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--device``, ``--dtype``: the same meaning for every stage."""
     p.add_argument("--model", default="stabilityai/sdxl-turbo",
-                   help="Hugging Face Hub id or local diffusers folder of an SDXL-style "
-                   "pipeline, or a built-in model: 'tiny' (random weights) or 'proxy' (trained "
-                   "stand-in); default stabilityai/sdxl-turbo")
+                   help="Hugging Face Hub id, local diffusers folder (its model_index.json "
+                   "names the pipeline: SDXL, SD 1.5/2.1 or another UNet pipeline), or a built-in "
+                   "model: 'tiny' (SDXL-Turbo shaped), 'tiny-sd15' (SD 1.5 + LCM, 4 steps), "
+                   "'tiny-sd21' (SD-Turbo shaped), 'tiny-sdxl' (SDXL multi-step/guided), "
+                   "'proxy' (trained)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
     p.add_argument("--dtype", default=None,
                    help="fp16 / bf16 / fp32 (default: fp16 on CUDA; always fp32 on CPU)")
@@ -20,14 +22,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="LoRA to fuse into the model first (file, folder or Hub id; needs peft)")
     p.add_argument("--lora-scale", type=float, default=1.0,
                    help="strength of the fused LoRA (default 1.0)")
+    p.add_argument("--scheduler", default=None, metavar="CLASS",
+                   help="diffusers scheduler class replacing the model's, e.g. LCMScheduler "
+                   "(default: the model's, or the one its LoRA needs)")
 
 
 def add_generation_args(p) -> None:
-    """``--steps``, ``--guidance``, ``--resolution``: how every stage that generates does it."""
-    p.add_argument("--steps", type=positive_int, default=1,
-                   help="denoising steps (default 1, as SDXL-Turbo)")
-    p.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance scale (default 0: none, as SDXL-Turbo)")
+    """``--steps``, ``--guidance``, ``--negative-prompt``, ``--resolution``: how every stage
+    that generates does it."""
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: the model's usual, e.g. 1 for SDXL-Turbo, "
+                   "4 for LCM-LoRA or SDXL-Lightning)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale; above 1 the batch is doubled "
+                   "(default: the model's usual)")
+    p.add_argument("--negative-prompt", default="",
+                   help="unconditional prompt when --guidance > 1 (default empty)")
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="image side in pixels (default: the model's native size)")
 
@@ -60,7 +70,8 @@ def model_spec(args):
     """The :class:`~quant.models.ModelSpec` the model arguments of a subcommand describe."""
     from ..models.spec import ModelSpec
 
-    return ModelSpec(args.model, args.device, args.dtype, args.lora, args.lora_scale)
+    return ModelSpec(args.model, args.device, args.dtype, args.lora, args.lora_scale,
+                     args.scheduler)
 
 
 def load_model(args, **kwargs):

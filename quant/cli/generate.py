@@ -35,10 +35,17 @@ def run(args) -> int:
     if args.quantized is not None and not Path(args.quantized).is_dir():
         raise MixDQError(f"--quantized {args.quantized}: no such folder")
     spec = model_spec(args)
+    steps, guidance = args.steps, args.guidance
+    if steps is None or guidance is None:
+        usual = spec.usual_settings()
+        steps = usual[0] if steps is None else steps
+        guidance = usual[1] if guidance is None else guidance
     pipe = load_pipeline(spec.model, args.quantized, device=spec.device, dtype=spec.dtype,
-                         execution=args.execution, lora=spec.lora, lora_scale=spec.lora_scale)
-    image = generate(pipe, [args.prompt], steps=args.steps, guidance=args.guidance,
-                     resolution=args.resolution, seed=args.seed)[0]
+                         execution=args.execution, lora=spec.lora, lora_scale=spec.lora_scale,
+                         scheduler=spec.scheduler)
+    image = generate(pipe, [args.prompt], steps=steps, guidance=guidance,
+                     resolution=args.resolution, seed=args.seed,
+                     negative_prompt=args.negative_prompt)[0]
     save_image(image, args.out)
     print(f"wrote {args.out} ({image.size[0]}x{image.size[1]}, UNet: {pipe.mixdq_execution})")
     return 0

@@ -38,6 +38,14 @@ def register(sub):
                    help="weight clipping: MSE search (default) or min-max as the original")
     p.add_argument("--momentum", type=float, default=0.95,
                    help="moving-average momentum of the activation ranges")
+    p.add_argument("--range-reduction", choices=["auto", "ema", "minmax", "mean"], default="auto",
+                   help="how activation ranges are reduced over the calibration batches: ema "
+                   "(the original's), minmax (running min/max over every step and guidance "
+                   "row), mean; auto (default): ema for one step, minmax for several")
+    p.add_argument("--timestep-ranges", action="store_true",
+                   help="multi-step calibrations: one activation range per denoising step, "
+                   "chosen by each UNet call's timestep (runs simulated, not on the integer "
+                   "kernels)")
     p.add_argument("--batch-size", type=positive_int, default=4,
                    help="calibration samples per UNet call")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

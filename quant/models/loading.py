@@ -42,6 +42,10 @@ def resolve_model(model: str) -> str:
         from .tiny import tiny_path
 
         return str(tiny_path())
+    from .tiny_families import TINY_FAMILIES, tiny_family_path
+
+    if model in TINY_FAMILIES:  # tiny-sd15, tiny-sd21, tiny-sdxl
+        return str(tiny_family_path(model))
     if model == "proxy":  # the trained proxy shipped with the package (quant/proxy)
         from .proxy_files import require_pipeline_dir
 
@@ -69,11 +73,16 @@ def resolve_model(model: str) -> str:
 
 def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | None = None,
                      dtype: str | torch.dtype | None = None, guard: bool = True,
-                     lora: str | None = None, lora_scale: float = 1.0):
-    """Load a full-precision SDXL-style pipeline under the precision policy.
+                     lora: str | None = None, lora_scale: float = 1.0,
+                     scheduler: str | None = None):
+    """Load a full-precision pipeline under the precision policy.
+
+    The pipeline class is the one the folder's ``model_index.json`` names (see
+    :mod:`quant.models.families`); an unsupported class is refused with its name.
 
     Args:
-        model: Hub id (default SDXL-Turbo), local diffusers folder, or ``"tiny"``.
+        model: Hub id (default SDXL-Turbo), local diffusers folder, ``"tiny"`` or one of the
+            tiny families (``tiny-sd15``, ``tiny-sd21``, ``tiny-sdxl``).
         device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
         dtype: compute dtype request; see :func:`quant.precision.resolve_dtype`.
         guard: attach a :class:`PrecisionGuard` (input casting, NaN checks) as
@@ -82,36 +91,45 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
             the weights before anything else. Quantization works on the fused weights, so a
             LoRA must be fused before quantizing and the same LoRA given again when the
             quantized checkpoint is loaded (the checkpoint's UNet fingerprint checks this).
+            A LoRA that needs its own scheduler (LCM-LoRA, SDXL-Lightning) switches to it.
         lora_scale: strength of the fused LoRA.
+        scheduler: a diffusers scheduler class name replacing the pipeline's (after the LoRA's),
+            built from the pipeline's scheduler config.
 
     Returns:
-        A ``diffusers.StableDiffusionXLPipeline`` on ``device`` with the progress bar disabled.
+        The diffusers pipeline (``StableDiffusionXLPipeline``, ``StableDiffusionPipeline``...)
+        on ``device`` with the progress bar disabled.
     """
     with quiet_libraries():  # diffusers/transformers loading chatter is not the user's business
-        return _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale)
+        return _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale, scheduler)
 
 
-def _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale):
-    from diffusers import StableDiffusionXLPipeline
+def _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale, scheduler):
+    from .families import detect, read_model_index
 
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(device, dtype)
     source = resolve_model(model)
+    _, pipeline_cls = detect(read_model_index(source), model)
     local_only = Path(source).exists() or not _hub_reachable(timeout=1.0)
     kwargs = dict(dtype=dtype, local_files_only=local_only)
     try:
         if dtype == torch.float16 and not Path(source).exists():
             try:
-                pipe = StableDiffusionXLPipeline.from_pretrained(source, variant="fp16", **kwargs)
+                pipe = pipeline_cls.from_pretrained(source, variant="fp16", **kwargs)
             except (OSError, ValueError):
-                pipe = StableDiffusionXLPipeline.from_pretrained(source, **kwargs)
+                pipe = pipeline_cls.from_pretrained(source, **kwargs)
         else:
-            pipe = StableDiffusionXLPipeline.from_pretrained(source, **kwargs)
+            pipe = pipeline_cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         raise MixDQError(f"--model {model}: could not load the pipeline: "
                          f"{str(e).splitlines()[0]}") from e
     if lora is not None:
         fuse_lora(pipe, lora, lora_scale)
+    if scheduler is not None:
+        from .families import set_scheduler
+
+        set_scheduler(pipe, scheduler)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if guard:
@@ -122,16 +140,29 @@ def _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale):
 def fuse_lora(pipe, lora: str, scale: float = 1.0) -> None:
     """Load a LoRA, fuse it into the pipeline's weights and drop the adapter modules.
 
+    ``owner/repo/file.safetensors`` names one file of a Hub repo holding several
+    (``ByteDance/SDXL-Lightning/sdxl_lightning_4step_lora.safetensors``).
+
     Raises:
         MixDQError: ``peft`` missing, or the LoRA cannot be read or does not fit the model.
     """
+    from .families import scheduler_for_lora, set_scheduler
+
     try:
         import peft  # noqa: F401
     except ImportError:
         raise MixDQError("--lora needs the peft package: pip install 'mixdq[lora]'") from None
     try:
-        pipe.load_lora_weights(lora, adapter_name="mixdq_lora")
+        kwargs = {}
+        if lora.count("/") == 2 and not Path(lora).exists():
+            repo, kwargs["weight_name"] = lora.rsplit("/", 1)
+        else:
+            repo = lora
+        pipe.load_lora_weights(repo, adapter_name="mixdq_lora", **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise MixDQError(f"--lora {lora}: could not load it ({str(e).splitlines()[0]})") from e
     pipe.fuse_lora(lora_scale=scale, adapter_names=["mixdq_lora"])
     pipe.unload_lora_weights()
+    scheduler = scheduler_for_lora(lora)
+    if scheduler is not None:
+        set_scheduler(pipe, scheduler[0], **scheduler[1])

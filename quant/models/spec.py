@@ -14,11 +14,17 @@ class ModelSpec:
     """The full-precision model a stage works on; the one place that loads a pipeline.
 
     Attributes:
-        model: Hugging Face Hub id, local diffusers folder, ``"tiny"`` or ``"proxy"``.
+        model: Hugging Face Hub id, local diffusers folder, ``"tiny"``, ``"proxy"`` or a tiny
+            build of another family (``tiny-sd15``, ``tiny-sd21``, ``tiny-sdxl``); the pipeline
+            class is the one the folder's ``model_index.json`` names
+            (:mod:`quant.models.families`).
         device: ``"cpu"``, ``"cuda[:N]"``; ``None``: CUDA when present.
         dtype: compute dtype request (``fp16``/``bf16``/``fp32``, see :mod:`quant.precision`).
         lora: a LoRA (file, folder or Hub id) fused into the weights before anything else.
         lora_scale: strength of the fused LoRA.
+        scheduler: a diffusers scheduler class name (``LCMScheduler``, ``EulerDiscreteScheduler``)
+            replacing the pipeline's, built from its config; ``None``: the folder's, or the one
+            the LoRA needs (LCM-LoRA, SDXL-Lightning).
     """
 
     model: str = DEFAULT_MODEL
@@ -26,14 +32,19 @@ class ModelSpec:
     dtype: str | None = None
     lora: str | None = None
     lora_scale: float = 1.0
+    scheduler: str | None = None
 
     def __post_init__(self):
-        for key in ("model", "device", "dtype", "lora"):
+        for key in ("model", "device", "dtype", "lora", "scheduler"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise MixDQError(f"model.{key}: expected a string, got {value!r}")
         if not self.model:
             raise MixDQError("model.model: empty model name")
+        if self.scheduler is not None and not (self.scheduler.isidentifier()
+                                               and self.scheduler.endswith("Scheduler")):
+            raise MixDQError(f"model.scheduler: {self.scheduler!r} is not a diffusers scheduler "
+                             f"class name (e.g. LCMScheduler, EulerDiscreteScheduler)")
         if isinstance(self.lora_scale, bool) or not isinstance(self.lora_scale, (int, float)):
             raise MixDQError(f"model.lora_scale: expected a number, got {self.lora_scale!r}")
         object.__setattr__(self, "lora_scale", float(self.lora_scale))
@@ -44,10 +55,24 @@ class ModelSpec:
         from .loading import load_fp_pipeline
 
         return load_fp_pipeline(self.model, device if device is not None else self.device,
-                                self.dtype, lora=self.lora, lora_scale=self.lora_scale, **kwargs)
+                                self.dtype, lora=self.lora, lora_scale=self.lora_scale,
+                                scheduler=self.scheduler, **kwargs)
+
+    def usual_settings(self) -> tuple[int, float]:
+        """The model's usual ``(steps, guidance)`` (its family and scheduler, LoRA and
+        ``scheduler`` override included), read from ``model_index.json`` without loading it:
+        what a stage uses when ``steps``/``guidance`` are not given."""
+        from .families import read_model_index, usual_settings
+        from .loading import resolve_model
+
+        return usual_settings(read_model_index(resolve_model(self.model)), self.lora,
+                              self.scheduler)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["scheduler"] is None:  # as before the setting existed: old run records match
+            del data["scheduler"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":

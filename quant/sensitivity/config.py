@@ -34,6 +34,8 @@ class SensitivityConfig:
             :mod:`quant.sensitivity.replay`; ``TOP_LEVEL`` caches block inputs only).
         layers: optional regular expression; only layers whose name it matches (``re.search``)
             are measured.
+        reuse_first_step: multi-step/guided SSIM: take the first step's UNet output from the
+            block-cached pass instead of recomputing it (see :mod:`quant.sensitivity.decode`).
     """
 
     weight_bits: tuple[int, ...] = (2, 4, 8)
@@ -48,6 +50,7 @@ class SensitivityConfig:
     momentum: float = 0.95
     containers: tuple[str, ...] = DEFAULT_CONTAINERS
     layers: str | None = None
+    reuse_first_step: bool = True
 
     def __post_init__(self):
         for field, target in (("weight_bits", "weight"), ("act_bits", "activation")):

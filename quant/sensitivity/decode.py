@@ -6,9 +6,17 @@ the recorded latents, so :class:`OneStepDecoder` finishes the pipeline's work - 
 watermark - without re-running the text encoders or the UNet. Any other calibration
 (several steps, or guidance) re-runs the stock pipeline with the same prompts and seeds
 (:func:`regenerate`), since a perturbed UNet changes what later steps see.
+
+What stays cached in a multi-step regeneration: the first step's UNet input is the recorded one
+(same prompts, seeds and text encoding), so the perturbed UNet's first-step output is the one the
+sensitivity pass already computed on the recorded samples, block-cached; :func:`regenerate`
+takes those outputs (``first_step``) and the pipeline skips that UNet call. Every later step's
+input depends on the perturbed earlier steps, so those calls run in full.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -88,11 +96,41 @@ class OneStepDecoder:
         return self.pipe.image_processor.postprocess(image, output_type="pt")
 
 
-def regenerate(pipe, calib, batch_size: int) -> torch.Tensor:
+class FirstStepOutputs:
+    """The UNet's first-step outputs per calibration row, gathered from block-cached batches.
+
+    ``add(batch, output)`` keeps the rows of ``batch`` whose ``step`` is 0, by
+    ``(prompt_index, cond)``; :func:`regenerate` then answers each pipeline call's first UNet
+    call from them, in the pipeline's row order (unconditional rows first, as recorded).
+    """
+
+    def __init__(self):
+        self.rows: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def add(self, batch: dict, output: torch.Tensor) -> None:
+        first = batch["step"] == 0
+        if not bool(first.any()):
+            return
+        keys = zip(batch["prompt_index"][first].tolist(), batch["cond"][first].tolist())
+        for key, row in zip(keys, output[first]):
+            self.rows[(int(key[0]), bool(key[1]))] = row
+
+    def for_call(self, start: int, stop: int, n_rows: int) -> torch.Tensor | None:
+        """The first-step output of prompts ``start..stop-1`` (``n_rows`` rows), if all present."""
+        n = stop - start
+        conds = [False] * (n_rows - n) + [True] * n  # guided: the unconditional half first
+        keys = [(start + i % n, c) for i, c in enumerate(conds)]
+        if any(k not in self.rows for k in keys):
+            return None
+        return torch.stack([self.rows[k] for k in keys])
+
+
+def regenerate(pipe, calib, batch_size: int,
+               first_step: FirstStepOutputs | None = None) -> torch.Tensor:
     """Re-run the pipeline on the calibration prompts and seeds; images ``[N, 3, H, W]`` in [0, 1].
 
     Used for multi-step or guided calibrations: the pipeline's own UNet (perturbed by the caller)
-    runs every step.
+    runs every step, except the first when ``first_step`` holds its outputs.
     """
     from ..generate import generate
 
@@ -101,5 +139,34 @@ def regenerate(pipe, calib, batch_size: int) -> torch.Tensor:
     images = []
     for start in range(0, len(calib.prompts), batch_size):
         chunk = calib.prompts[start:start + batch_size]
-        images.append(generate(pipe, chunk, seed=seed + start, output_type="pt", **kwargs))
+        with _first_call_from(pipe.unet, first_step, start, start + len(chunk)):
+            images.append(generate(pipe, chunk, seed=seed + start, output_type="pt", **kwargs))
     return torch.cat(images).float()
+
+
+@contextlib.contextmanager
+def _first_call_from(unet, first_step: FirstStepOutputs | None, start: int, stop: int):
+    """While open, the UNet's first call returns ``first_step``'s outputs without computing."""
+    if first_step is None:
+        yield
+        return
+    forward = unet.forward
+    calls = [0]
+
+    def first_cached(sample, *args, return_dict: bool = True, **kwargs):
+        calls[0] += 1
+        out = first_step.for_call(start, stop, sample.shape[0]) if calls[0] == 1 else None
+        if out is None:
+            return forward(sample, *args, return_dict=return_dict, **kwargs)
+        out = out.to(sample.device, sample.dtype)
+        if return_dict:
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=out)
+        return (out,)
+
+    unet.forward = first_cached  # an instance attribute: nn.Module.__call__ calls it
+    try:
+        yield
+    finally:
+        del unet.forward

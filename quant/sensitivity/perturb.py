@@ -67,10 +67,12 @@ def prepare_quantized_base(unet: nn.Module, quant_dir: str | Path, batches: list
     missing = [n for n, m in layers.items() if m.act_range is None]
     if missing:
         kept = {n: (m.act_range, m.bos_row) for n, m in layers.items() if m.act_range is not None}
-        with torch.no_grad(), calibrate_activations(unet, momentum=momentum):
+        with torch.no_grad(), calibrate_activations(unet, momentum=momentum) as cal:
             from .replay import run_unet
 
             for batch in batches:
+                if "step" in batch:
+                    cal.note_steps(batch["step"])
                 run_unet(unet, batch)
         for name, (ranges, bos_row) in kept.items():
             layers[name].set_act_range(ranges)

@@ -19,7 +19,8 @@ class BenchmarkOptions(Options):
     """Settings of ``mixdq benchmark`` (the keys are its long flags, ``-`` written ``_``).
 
     Prompts come from ``prompts`` (a source, see :func:`quant.calib.read_prompts`) or the inline
-    ``prompt`` list.
+    ``prompt`` list. ``steps``/``guidance`` ``None``: the model's usual ones
+    (:meth:`ModelSpec.usual_settings`).
     """
 
     SECTION = "benchmark"
@@ -33,8 +34,9 @@ class BenchmarkOptions(Options):
     shuffle_seed: int = 0
     real_images: str | None = None
     execution: str = "auto"
-    steps: int = 1
-    guidance: float = 0.0
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str = ""
     resolution: int | None = None
     seed: int = 42
     batch_size: int = 1
@@ -78,12 +80,18 @@ class BenchmarkOptions(Options):
                                   seed=self.shuffle_seed, split=self.split)
         return prompt_set.prompts, prompt_set.summary()
 
-    def bench_config(self, out: str | Path, device: str | None):
+    def bench_config(self, out: str | Path, device: str | None,
+                     usual: tuple[int, float] = (1, 0.0)):
+        """The benchmark's configuration; ``usual``: the model's ``(steps, guidance)``, used
+        where ``steps``/``guidance`` are not given."""
         from ..bench import BenchmarkConfig, GenerationSettings
 
+        steps = usual[0] if self.steps is None else self.steps
+        guidance = usual[1] if self.guidance is None else self.guidance
         return BenchmarkConfig(
             out_dir=str(out),
-            generation=GenerationSettings(steps=self.steps, guidance=self.guidance,
+            generation=GenerationSettings(steps=steps, guidance=guidance,
+                                          negative_prompt=self.negative_prompt,
                                           resolution=self.resolution, seed=self.seed,
                                           batch_size=self.batch_size),
             real_images=self.real_images, fid=not self.no_fid, inception=self.inception,
@@ -114,10 +122,13 @@ def benchmark(model: ModelSpec, options: BenchmarkOptions,
 
     pairs = list(quantized.items()) if isinstance(quantized, Mapping) else list(quantized)
     prompts, source = options.read_prompts()
-    config = options.bench_config(out, model.device)
+    usual = (options.steps, options.guidance)
+    if None in usual:
+        usual = model.usual_settings()
+    config = options.bench_config(out, model.device, usual)
     with Distributed(model.device) as dist:  # under torchrun: this rank's GPU, its share
         device = str(dist.device)
-        lora = dict(lora=model.lora, lora_scale=model.lora_scale)
+        lora = dict(lora=model.lora, lora_scale=model.lora_scale, scheduler=model.scheduler)
         variants = [fp_variant(model.model, device, model.dtype, **lora)]
         for name, folder in pairs:
             variants.append(quantized_variant(model.model, folder, device, model.dtype,

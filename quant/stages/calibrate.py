@@ -12,7 +12,12 @@ from ..options import Options
 
 @dataclasses.dataclass(frozen=True)
 class CalibrateOptions(Options):
-    """Settings of ``mixdq calibrate`` (the keys are its long flags, ``-`` written ``_``)."""
+    """Settings of ``mixdq calibrate`` (the keys are its long flags, ``-`` written ``_``).
+
+    ``steps``/``guidance`` ``None``: the model's usual ones (:meth:`ModelSpec.usual_settings`:
+    1 step unguided for SDXL-Turbo/SD-Turbo, 4 steps for LCM and SDXL-Lightning).
+    ``negative_prompt``: the unconditional prompt when ``guidance > 1`` doubles the batch.
+    """
 
     SECTION = "calibrate"
 
@@ -22,8 +27,9 @@ class CalibrateOptions(Options):
     split: str | None = None
     shuffle: bool = False
     shuffle_seed: int = 0
-    steps: int = 1
-    guidance: float = 0.0
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str = ""
     resolution: int | None = None
     batch_size: int = 8
     seed: int = 42
@@ -48,7 +54,13 @@ def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,
                               column=options.column, shuffle=options.shuffle,
                               seed=options.shuffle_seed, split=options.split)
     log(prompt_set.summary())
-    settings = dict(steps=options.steps, guidance=options.guidance,
+    steps, guidance = options.steps, options.guidance
+    if steps is None or guidance is None:
+        usual_steps, usual_guidance = model.usual_settings()
+        steps = usual_steps if steps is None else steps
+        guidance = usual_guidance if guidance is None else guidance
+        log(f"{model.model}: {steps} step(s), guidance {guidance:g} (the model's usual)")
+    settings = dict(steps=steps, guidance=guidance, negative_prompt=options.negative_prompt,
                     resolution=options.resolution, batch_size=options.batch_size,
                     seed=options.seed, model_name=model.model)
     if finished_run(out, prompt_set.prompts, **settings):

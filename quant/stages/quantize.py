@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..bitmap import BitMap, check_bits
+from ..calib.ranges import REDUCTIONS, resolve_reduction
 from ..errors import MixDQError
 from ..models.spec import ModelSpec
 from ..options import Options
@@ -17,7 +18,11 @@ class QuantizeOptions(Options):
     """Settings of ``mixdq quantize`` (the keys are its long flags, ``-`` written ``_``).
 
     Give ``bit_map`` (a file from the allocate stage) or uniform ``w_bits``/``a_bits``
-    (``None``: that side stays floating point).
+    (``None``: that side stays floating point). ``range_reduction``: how activation ranges
+    are reduced over the calibration batches (:mod:`quant.calib.ranges`; ``auto``: the
+    original's EMA for one step, running min/max for several). ``timestep_ranges``: one
+    activation range per calibrated denoising step, chosen by each UNet call's timestep
+    (:mod:`quant.steps`; multi-step calibrations only; the checkpoint then runs simulated).
     """
 
     SECTION = "quantize"
@@ -28,6 +33,8 @@ class QuantizeOptions(Options):
     no_bos: bool = False
     weight_scale: str = "mse"
     momentum: float = 0.95
+    range_reduction: str = "auto"
+    timestep_ranges: bool = False
     batch_size: int = 4
     no_progress: bool = False
 
@@ -43,6 +50,7 @@ class QuantizeOptions(Options):
             except MixDQError as e:
                 raise self.fail(key, str(e)) from None
         self.choice("weight_scale", ("mse", "minmax"))
+        self.choice("range_reduction", REDUCTIONS)
         self.positive("batch_size")
         if not 0 <= self.momentum <= 1:
             raise self.fail("momentum", f"must be in [0, 1], got {self.momentum}")
@@ -57,7 +65,8 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
     """
     from ..calib import CalibrationData
     from ..checkpoint import save_quantized
-    from ..quantize import output_sqnr, quantize_unet
+    from ..multistep import step_sqnr
+    from ..quantize import quantize_unet
     from ..report import quantization_report
     from ..structure import quantizable_layers
     from ..utils.sizes import UNIT, format_mb, fp16_bytes, percent_of, weight_bytes
@@ -74,16 +83,26 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
 
     quantize_unet(unet, bit_map, batches(), bos=not options.no_bos,
                   weight_scale=options.weight_scale, momentum=options.momentum,
-                  progress=not options.no_progress)
-    sqnr = output_sqnr(unet, batches())
+                  range_reduction=options.range_reduction,
+                  timestep_ranges=options.timestep_ranges, progress=not options.no_progress)
+    sqnr, per_step = step_sqnr(unet, data, options.batch_size)
+    reduction = resolve_reduction(options.range_reduction, data.steps)
     meta = {"calibration": str(calib), "calibration_samples": len(data),
             "bos": not options.no_bos, "weight_scale": options.weight_scale,
-            "momentum": options.momentum, "sqnr_db": round(sqnr, 4)}
+            "momentum": options.momentum, "range_reduction": reduction,
+            "timestep_ranges": options.timestep_ranges and data.steps > 1,
+            "sqnr_db": round(sqnr, 4)}
+    if data.steps > 1:
+        meta["sqnr_db_per_step"] = [round(v, 4) for v in per_step]
     path = save_quantized(unet, out, base_model=model.model, metadata=meta)
     log(quantization_report(unet).format())
     deployed = weight_bytes(unet)
     log(f"UNet weights as deployed: {format_mb(deployed)} {UNIT} "
         f"({percent_of(deployed, baseline)} of its {format_mb(baseline)} {UNIT} in fp16)")
-    log(f"UNet output SQNR vs full precision on the calibration set: {sqnr:.2f} dB")
+    log(f"UNet output SQNR vs full precision on the calibration set: {sqnr:.2f} dB "
+        f"(activation ranges: {reduction}"
+        f"{', one per step' if options.timestep_ranges and data.steps > 1 else ''})")
+    if data.steps > 1:
+        log("  per step: " + ", ".join(f"step {s}: {v:.2f} dB" for s, v in enumerate(per_step)))
     log(f"wrote {path}")
     return path
