@@ -37,8 +37,11 @@ def test_unknown_option_prints_the_subcommands_usage(command, capsys):
 def test_help_texts(capsys):
     generate = _help(capsys, "generate")
     for flag in ("--prompt PROMPT the text prompt",
-                 "--steps STEPS denoising steps (default 1, as SDXL-Turbo)",
-                 "--guidance GUIDANCE classifier-free guidance scale (default 0",
+                 "--steps STEPS denoising steps (default: the model's usual, e.g. 1 for "
+                 "SDXL-Turbo",
+                 "--guidance GUIDANCE classifier-free guidance scale; above 1 the batch is "
+                 "doubled (default: the model's usual)",
+                 "--negative-prompt NEGATIVE_PROMPT",
                  "--seed SEED random seed of the noise (default 42)",
                  "--quantized QUANT_DIR", "--execution {auto,kernels,simulate}"):
         assert flag in generate
