@@ -57,6 +57,8 @@ def load_pipeline(model: str = "stabilityai/sdxl-turbo", quantized: str | Path |
     from .checkpoint import load_quantized
 
     load_quantized(pipe.unet, quantized)
+    if getattr(pipe, "mixdq_guard", None) is not None:
+        pipe.mixdq_guard.name = f"quantized checkpoint {quantized}"
     pipe.mixdq_execution = "simulation"
     use_kernels, why = _kernels_usable(pipe.unet.device, execution)
     if getattr(pipe.unet, "mixdq_step_clock", None) is not None and (use_kernels

@@ -21,6 +21,7 @@ from .utils.io import write_text
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8)
 ACT_BITS = (4, 5, 6, 7, 8)
 FORMAT = "mixdq-bitmap"
+VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +71,18 @@ class BitMap:
         return cls.uniform(names, w, a)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": 1,
+        return {"format": FORMAT, "version": VERSION,
                 "layers": {k: {"w": v.w, "a": v.a} for k, v in self.layers.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "bit map") -> "BitMap":
         if not isinstance(data, Mapping) or not isinstance(data.get("layers"), Mapping):
             raise MixDQError(f"{source}: not a mixdq bit map (expected a 'layers' mapping)")
+        if data.get("format", FORMAT) != FORMAT:
+            raise MixDQError(f"{source}: format {data.get('format')!r} is not {FORMAT!r}")
+        if data.get("version", VERSION) != VERSION:
+            raise MixDQError(f"{source}: bit map version {data.get('version')!r} is not "
+                             f"supported (this mixdq reads version {VERSION})")
         layers = {}
         for name, entry in data["layers"].items():
             if not isinstance(entry, Mapping) or set(entry) - {"w", "a"}:
@@ -87,22 +93,27 @@ class BitMap:
             layers[name] = LayerBits(entry.get("w"), entry.get("a"))
         return cls(layers)
 
-    def save(self, path: str | Path) -> None:
-        """Write the map atomically; ``.yaml``/``.yml`` gives YAML, anything else JSON."""
-        path = Path(path)
-        if path.suffix in (".yaml", ".yml"):
+    def dumps(self, path: str | Path = "bitmap.json") -> str:
+        """The text :meth:`save` writes: YAML for a ``.yaml``/``.yml`` ``path``, else JSON."""
+        if Path(path).suffix in (".yaml", ".yml"):
             import yaml
 
-            write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-        else:
-            write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+            return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        """Write the map atomically; ``.yaml``/``.yml`` gives YAML, anything else JSON."""
+        write_text(path, self.dumps(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "BitMap":
         path = Path(path)
         if not path.is_file():
             raise MixDQError(f"bit map {path}: no such file")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise MixDQError(f"bit map {path}: not UTF-8 text") from None
         try:
             if path.suffix in (".yaml", ".yml"):
                 import yaml

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -33,10 +34,12 @@ from .report import quantization_report
 from .structure import quantizable_layers
 from .steps import StepClock, install_clock
 from .unet import set_submodule
-from .utils.io import atomic_path, write_json, write_text
+from .utils.records import first_difference
+from .utils.io import (atomic_path, clean_stale_temps, safetensors_bytes, write_bytes,
+                       write_error)
 
 FORMAT = "mixdq-quantized-unet"
-VERSION = 1
+VERSION = 2  # 2: per-tensor dtype/shape/sha256 in quant_config.json
 WEIGHTS_FILE = "unet_quant.safetensors"
 CONFIG_FILE = "quant_config.json"
 BITMAP_FILE = "bitmap.json"
@@ -70,31 +73,24 @@ def _quantized_layers(unet: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in unet.named_modules() if getattr(m, "is_quantized_module", False)}
 
 
-def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
-                   metadata: dict | None = None) -> Path:
-    """Write the quantized checkpoint of a prepared, calibrated ``unet`` (atomically).
+def _tensor_sha256(t: torch.Tensor) -> str:
+    t = t.detach().to("cpu").contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return hashlib.sha256(data).hexdigest()
 
-    Args:
-        unet: a UNet from :func:`quant.quantize.quantize_unet` (or :func:`load_quantized`).
-        out_dir: the checkpoint folder; an existing checkpoint there is replaced.
-        base_model: what the float model was loaded from (Hub id or folder), for the record.
-        metadata: extra JSON-serializable entries for ``quant_config.json``.
 
-    Returns:
-        ``out_dir`` as a Path.
+def _tensor_record(t: torch.Tensor) -> dict:
+    from safetensors.torch import _TYPES
 
-    Raises:
-        MixDQError: no quantized layers, or ``out_dir`` is a non-empty folder that is not a
-            checkpoint (never overwritten).
-    """
-    from safetensors.torch import save_file
+    names = {v: k for k, v in _TYPES.items()}
+    return {"dtype": names[t.dtype], "shape": list(t.shape), "sha256": _tensor_sha256(t)}
 
+
+def checkpoint_contents(unet: nn.Module, *, base_model: str,
+                        metadata: dict | None = None) -> tuple[dict, dict]:
+    """``(tensors, config)`` that :func:`save_quantized` writes for ``unet`` (nothing written)."""
     from . import __version__
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
-                                                       and not (out_dir / CONFIG_FILE).exists())):
-        raise MixDQError(f"{out_dir}: exists and is not a mixdq checkpoint; refusing to overwrite")
     layers = _quantized_layers(unet)
     if not layers:
         raise MixDQError("the UNet has no quantized layers; run quant.quantize first")
@@ -108,8 +104,8 @@ def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
             tensors[f"{name}.qweight"] = pack(form.qweight, form.w_bits).cpu().contiguous()
             tensors[f"{name}.wscale"] = form.wscale.float().cpu().contiguous()
         if form.a_bits is not None:
-            tensors[f"{name}.act_scale"] = form.act_scale.contiguous()
-            tensors[f"{name}.act_zero_point"] = form.act_zero_point.contiguous()
+            tensors[f"{name}.act_scale"] = form.act_scale.float().contiguous()
+            tensors[f"{name}.act_zero_point"] = form.act_zero_point.to(torch.int32).contiguous()
         if layer.act_range is not None:
             tensors[f"{name}.act_range"] = torch.tensor(layer.act_range, dtype=torch.float32)
         if layer.step_ranges is not None:  # timestep-dependent ranges: [steps, slices, 2]
@@ -120,20 +116,150 @@ def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
     base_hash = getattr(unet, "mixdq_base_hash", None) or unet_hash(unet)
     config = {"format": FORMAT, "version": VERSION, "toolkit_version": __version__,
               "base_model": str(base_model), "unet_hash": base_hash, "layers": entries,
-              **(metadata or {})}
+              **(metadata or {}),
+              "tensors": {k: _tensor_record(v) for k, v in sorted(tensors.items())}}
     clock = getattr(unet, "mixdq_step_clock", None)
     if clock is not None and any(m.step_ranges is not None for m in layers.values()):
         config["step_timesteps"] = list(clock.timesteps)
-    bit_map = BitMap({n: LayerBits(e["w"], e["a"]) for n, e in entries.items()})
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_file(tensors, str(tmp / WEIGHTS_FILE),
-                  metadata={"format": FORMAT, "version": str(VERSION),
-                            "base_model": str(base_model), "unet_hash": str(base_hash)})
-        write_json(tmp / CONFIG_FILE, config)
-        bit_map.save(tmp / BITMAP_FILE)
-        write_text(tmp / REPORT_FILE, quantization_report(unet).format() + "\n")
+    return tensors, config
+
+
+# Entries of quant_config.json that do not make two checkpoints different.
+_NOT_SETTINGS = ("toolkit_version",)
+
+
+def settings_difference(old: dict, new: dict) -> str | None:
+    """The first setting in which two checkpoint configs differ, as ``"key: A there, B now"``.
+
+    Compares everything ``quant_config.json`` records (base model and its fingerprint, every
+    layer's bits and options, the extra metadata, every tensor's hash) but the toolkit version.
+    """
+    for key in sorted((set(old) | set(new)) - set(_NOT_SETTINGS)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            if key == "tensors":
+                return f"tensor {sub} holds other values"
+            return f"{key} {sub}: {a.get(sub)!r} there, {b.get(sub)!r} now"
+        return f"{key}: {a!r} there, {b!r} now"
+    return None
+
+
+def save_quantized(unet: nn.Module, out_dir: str | Path, *, base_model: str,
+                   metadata: dict | None = None) -> Path:
+    """Write the quantized checkpoint of a prepared, calibrated ``unet`` (atomically).
+
+    The bytes depend only on the checkpoint's content (two identical runs write identical
+    files), every file is created with the usual permissions (0644 under the common umask), and
+    ``quant_config.json`` records each tensor's dtype, shape and sha256, checked on loading.
+
+    Saving onto an existing checkpoint: the same settings (``quant_config.json`` equal but for
+    the toolkit version) leave it as it is when its files verify, and rewrite only the files of
+    the checkpoint when they do not; other settings are refused. Files in ``out_dir`` that are
+    not part of a checkpoint are never touched.
+
+    Args:
+        unet: a UNet from :func:`quant.quantize.quantize_unet` (or :func:`load_quantized`).
+        out_dir: the checkpoint folder.
+        base_model: what the float model was loaded from (Hub id or folder), for the record.
+        metadata: extra JSON-serializable entries for ``quant_config.json``.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        MixDQError: no quantized layers; ``out_dir`` is a non-empty folder that is not a
+            checkpoint, or a checkpoint made with other settings (the message names the first
+            difference); a write failed (the message names the file).
+    """
+    out_dir = Path(out_dir)
+    tensors, config = checkpoint_contents(unet, base_model=base_model, metadata=metadata)
+    bit_map = BitMap({n: LayerBits(e["w"], e["a"]) for n, e in config["layers"].items()})
+    files = {
+        WEIGHTS_FILE: safetensors_bytes(tensors, {"format": FORMAT, "version": str(VERSION),
+                                                  "base_model": str(base_model),
+                                                  "unet_hash": str(config["unet_hash"])}),
+        BITMAP_FILE: bit_map.dumps(BITMAP_FILE).encode("utf-8"),
+        REPORT_FILE: (quantization_report(unet).format() + "\n").encode("utf-8"),
+        # Written last: its presence marks a complete checkpoint.
+        CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+    }
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MixDQError(f"{out_dir}: exists and is not a folder; refusing to overwrite")
+    if out_dir.is_dir():
+        clean_stale_temps(out_dir)
+        clean_stale_temps(out_dir.parent, f".{out_dir.name}.*.tmp")
+    if out_dir.is_dir() and (out_dir / CONFIG_FILE).exists():
+        try:
+            old = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if not isinstance(old, dict) or old.get("format") != FORMAT:
+            raise MixDQError(f"{out_dir}: its {CONFIG_FILE} is unreadable or not a {FORMAT}; "
+                             f"use another --out or delete it")
+        diff = settings_difference(old, config)
+        if diff:
+            raise MixDQError(f"{out_dir}: holds a checkpoint made with other settings ({diff}); "
+                             f"use another --out or delete it")
+        stale = [f for f, data in files.items()
+                 if not (out_dir / f).is_file() or (out_dir / f).read_bytes() != data]
+        for name in stale:  # only the checkpoint's own files, the config last
+            write_bytes(out_dir / name, files[name])
+        return out_dir
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise MixDQError(f"{out_dir}: exists and is not a mixdq checkpoint; refusing to overwrite")
+    clean_stale_temps(out_dir.parent, f".{out_dir.name}.*.tmp")
+    try:
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for name, data in files.items():
+                with open(tmp / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            if out_dir.is_dir():  # the empty folder given as --out
+                out_dir.rmdir()
+    except OSError as e:
+        raise write_error(out_dir, e) from None
     return out_dir
+
+
+def finished_checkpoint(out_dir: str | Path, settings: dict) -> bool:
+    """Whether ``out_dir`` holds a complete checkpoint made with ``settings`` (the ``settings``
+    entry its ``quant_config.json`` records) whose files verify: then there is nothing to do.
+
+    Returns ``False`` for no checkpoint, or one with these settings whose files are missing or
+    damaged (redoing it rewrites them).
+
+    Raises:
+        MixDQError: a checkpoint made with other settings (naming the first difference), or a
+            ``quant_config.json`` that is unreadable: refused before any work is done.
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / CONFIG_FILE).is_file():
+        return False
+    try:
+        old = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise MixDQError(f"{out_dir}: its {CONFIG_FILE} is unreadable or not a {FORMAT}; "
+                         f"use another --out or delete it")
+    if "settings" not in old:
+        raise MixDQError(f"{out_dir}: holds a checkpoint without recorded settings (made by an "
+                         f"older mixdq or by the library); use another --out or delete it")
+    diff = first_difference(old["settings"], settings, "settings")
+    if diff:
+        raise MixDQError(f"{out_dir}: holds a checkpoint made with other settings ({diff}); "
+                         f"use another --out or delete it")
+    try:
+        config = read_config(out_dir)
+        verify_tensors(out_dir, config, _read_tensors(out_dir / WEIGHTS_FILE))
+    except MixDQError:
+        return False
+    return all((out_dir / name).is_file() for name in (BITMAP_FILE, REPORT_FILE))
 
 
 def read_config(quant_dir: str | Path) -> dict:
@@ -161,7 +287,67 @@ def read_config(quant_dir: str | Path) -> dict:
     if not isinstance(config.get("layers"), dict) or not config.get("unet_hash"):
         raise MixDQError(f"quantized checkpoint {quant_dir}: {CONFIG_FILE} lacks layers or "
                          f"the base UNet fingerprint")
+    if not isinstance(config.get("tensors"), dict):
+        raise MixDQError(f"quantized checkpoint {quant_dir}: {CONFIG_FILE} lacks the tensor "
+                         f"hashes")
     return config
+
+
+# What each tensor of a layer must be: dtype names as safetensors writes them.
+def _expected_dtype(key: str, entry: dict) -> str | None:
+    from .packing import values_per_byte
+
+    kind = key.rsplit(".", 1)[1]
+    if kind == "qweight":
+        w = entry.get("w")
+        return None if w is None else ("I8" if values_per_byte(w) == 1 else "U8")
+    return {"wscale": "F32", "act_scale": "F32", "act_zero_point": "I32", "act_range": "F32",
+            "act_range_steps": "F32", "bos_row": "F32"}.get(kind)
+
+
+def verify_tensors(quant_dir: str | Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Check every tensor against ``quant_config.json``: the set of names, each dtype (from the
+    layer's bits and the tensor's role), shape and sha256, and the range of integer values.
+
+    Raises:
+        MixDQError: one line naming the first tensor that does not match.
+    """
+    where = f"quantized checkpoint {quant_dir}"
+    records = config["tensors"]
+    for key in sorted(set(records) | set(tensors)):
+        if key not in tensors:
+            raise MixDQError(f"{where}: tensor {key} listed in {CONFIG_FILE} is missing from "
+                             f"{WEIGHTS_FILE}")
+        if key not in records:
+            raise MixDQError(f"{where}: tensor {key} of {WEIGHTS_FILE} is not listed in "
+                             f"{CONFIG_FILE}")
+        t, rec = tensors[key], records[key]
+        layer = key.rsplit(".", 1)[0]
+        entry = config["layers"].get(layer)
+        if not isinstance(entry, dict) or not isinstance(rec, dict):
+            raise MixDQError(f"{where}: tensor {key} belongs to no layer of {CONFIG_FILE}")
+        actual = _tensor_record(t)
+        want = _expected_dtype(key, entry)
+        if want is None or actual["dtype"] != want or rec.get("dtype") != want:
+            raise MixDQError(f"{where}: tensor {key} is stored as {actual['dtype']}, expected "
+                             f"{want or 'no such tensor'} for a layer with w={entry.get('w')} "
+                             f"a={entry.get('a')}")
+        if actual["shape"] != rec.get("shape"):
+            raise MixDQError(f"{where}: tensor {key} has shape {actual['shape']}, "
+                             f"{CONFIG_FILE} records {rec.get('shape')}")
+        if actual["sha256"] != rec.get("sha256"):
+            raise MixDQError(f"{where}: tensor {key} does not match its recorded sha256 "
+                             f"(the file was modified or corrupted); re-quantize")
+        bits = {"qweight": entry.get("w"), "act_zero_point": entry.get("a")}.get(
+            key.rsplit(".", 1)[1])
+        if bits is not None and t.numel():
+            lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1  # signed codes, zero points too
+            vmin, vmax = int(t.min()), int(t.max())
+            signed = t.dtype == torch.int8 or key.endswith(".act_zero_point")
+            if signed and (vmin < lo or vmax > hi):
+                raise MixDQError(f"{where}: tensor {key} holds values in [{vmin}, {vmax}], "
+                                 f"outside the {bits}-bit range [{lo}, {hi}] that "
+                                 f"{CONFIG_FILE} gives layer {layer}")
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -213,6 +399,8 @@ def load_quantized(fp_unet: nn.Module, quant_dir: str | Path) -> nn.Module:
         if name not in layers:
             raise MixDQError(f"quantized checkpoint {quant_dir}: layer {name} is not a "
                              f"Linear/Conv2d of this UNet")
+    verify_tensors(quant_dir, config, tensors)
+    for name, entry in config["layers"].items():
         layer = _load_layer(layers[name], name, entry, tensors, quant_dir)
         if clock is not None and f"{name}.act_range_steps" in tensors:
             ranges = tensors[f"{name}.act_range_steps"]

@@ -136,3 +136,16 @@ class Options:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+def check_generation(options: Options) -> None:
+    """The ``guidance`` and ``resolution`` of a stage's options, checked as image generation
+    checks them (a finite guidance >= 0, so that it is stored as standard JSON; a bounded
+    resolution), with the key named."""
+    from .generate import check_generation_args
+
+    for key in ("guidance", "resolution"):
+        try:
+            check_generation_args(**{key: getattr(options, key)})
+        except MixDQError as e:
+            raise options.fail(key, str(e)) from None

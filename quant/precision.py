@@ -80,13 +80,24 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return sample if isinstance(sample, torch.Tensor) else None
 
 
-def check_finite(tensor: torch.Tensor, component: str) -> None:
-    """Raise :class:`MixDQError` if ``tensor`` holds a NaN or Inf."""
+def check_finite(tensor: torch.Tensor, component: str, model: str | None = None) -> None:
+    """Raise :class:`MixDQError` if ``tensor`` holds a NaN or Inf.
+
+    The message names ``model`` (the variant or checkpoint) when given, and suggests float32
+    only when the tensor is not already float32 (in float32 a non-finite value means broken
+    weights or inputs, not an overflow).
+    """
     if not torch.isfinite(tensor).all():
         bad = "NaN" if torch.isnan(tensor).any() else "Inf"
-        raise MixDQError(
-            f"{bad} in the {component} output ({tensor.dtype}); the model overflowed or its "
-            f"weights are broken - try float32 (--dtype fp32) or check the checkpoint")
+        where = f" of {model}" if model else ""
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if tensor.dtype == torch.float32 or tensor.dtype == torch.float64:
+            advice = (f"it already runs in {dtype}, so its weights or inputs are broken - "
+                      f"check the checkpoint or model")
+        else:
+            advice = ("the model overflowed or its weights are broken - try float32 "
+                      "(--dtype fp32) or check the checkpoint")
+        raise MixDQError(f"{bad} in the {component} output{where} ({dtype}); {advice}")
 
 
 class PrecisionGuard:
@@ -96,8 +107,9 @@ class PrecisionGuard:
     one for the pipeline's lifetime (``pipe.mixdq_guard``).
     """
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, name: str | None = None):
         self._handles = []
+        self.name = name  # named in error messages (e.g. the benchmark variant)
         unet = pipe.unet
         self._handles.append(unet.register_forward_pre_hook(self._cast_inputs, with_kwargs=True))
         self._handles.append(unet.register_forward_hook(self._check("UNet")))
@@ -113,12 +125,11 @@ class PrecisionGuard:
         dtype = next(module.parameters()).dtype
         return _cast_tree(args, dtype), _cast_tree(kwargs, dtype)
 
-    @staticmethod
-    def _check(component: str):
+    def _check(self, component: str):
         def hook(module, args, output):
             tensor = _first_tensor(output)
             if tensor is not None:
-                check_finite(tensor, component)
+                check_finite(tensor, component, self.name)
         return hook
 
     def remove(self) -> None:

@@ -30,7 +30,9 @@ def read_protect_list(path: str | Path, known: Iterable[str] | None = None) -> l
         raise MixDQError(f"protect list {path}: no such file")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise MixDQError(f"protect list {path}: not UTF-8 text") from None
+    except OSError as e:
         raise MixDQError(f"protect list {path}: cannot read it ({type(e).__name__})") from None
     known = None if known is None else set(known)
     names: dict[str, None] = {}

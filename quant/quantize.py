@@ -138,12 +138,15 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
         ``unet``, quantized (simulated) and calibrated.
 
     Raises:
-        MixDQError: bad bit map, empty calibration, a layer left without a range, or a BOS row
-            that differs between samples.
+        MixDQError: bad bit map, empty calibration, a layer left without a range, a BOS row
+            that differs between samples, or batches of a calibration folder recorded with
+            another model (:meth:`quant.calib.CalibrationData.check_model`).
     """
     from .calib.ranges import calibrate_activations
+    from .calib.store import check_calibration_model
     from .utils.progress import progress as show_progress
 
+    check_calibration_model(calibration, unet)
     prepare(unet, bit_map, bos=bos, weight_scale=weight_scale)
     remove_clock(unet)
     count = 0
@@ -188,7 +191,11 @@ def output_sqnr(unet: nn.Module, batches: Iterable[Mapping]) -> float:
     """SQNR in dB of ``unet``'s output against each batch's recorded ``output``, over all batches.
 
     ``10 log10(sum y_fp^2 / sum (y - y_fp)^2)``, summed over every element of every batch.
+    Batches from a calibration folder are refused for a UNet other than the recorded one.
     """
+    from .calib.store import check_calibration_model
+
+    check_calibration_model(batches, unet)
     signal = noise = 0.0
     for batch in batches:
         if "output" not in batch:

@@ -19,7 +19,12 @@ Layout of ``OUT``::
 Each stage's folder gets a ``stage.json`` recording its settings (model, options, inputs and
 outputs). A stage whose outputs are complete and whose settings are unchanged is skipped; a
 stage that was interrupted is re-run and resumes itself. Changed settings for a finished stage
-are an error rather than a silent overwrite.
+are an error naming the first setting that differs, rather than a silent overwrite.
+
+The records hold settings, not spellings of paths: a path inside the run folder is recorded
+relative to it (``$OUT/calib``), an existing file elsewhere by its name and sha256, so the same
+run continues when ``--out`` is given as an absolute or a relative path, from another working
+directory, or after the run folder was moved or copied.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from .errors import MixDQError
 from .models.spec import ModelSpec
 from .stages import (AllocateOptions, BenchmarkOptions, CalibrateOptions, QuantizeOptions,
                      SensitivityOptions, allocate, benchmark, calibrate, quantize, sensitivity)
-from .utils.io import write_json
+from .utils.io import file_digest, write_json
+from .utils.records import first_difference
 
 STAGE_RECORD = "stage.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -82,6 +88,10 @@ class RunConfig:
         except yaml.YAMLError as e:
             first = str(e).splitlines()[0]
             raise MixDQError(f"run config {path}: malformed YAML ({first})") from None
+        except UnicodeDecodeError:
+            raise MixDQError(f"run config {path}: not UTF-8 text") from None
+        except OSError as e:
+            raise MixDQError(f"run config {path}: cannot read it ({e.strerror})") from None
         data = _mapping(data, f"run config {path}")
         for item in overrides:
             _override(data, item)
@@ -235,41 +245,73 @@ class Stage:
         record = self.folder / STAGE_RECORD
         if not record.is_file() or not all(p.exists() for p in self.outputs):
             return False
-        previous = json.loads(record.read_text()).get("config")
-        if previous != self.record:
-            raise MixDQError(f"stage {self.name} in {self.folder} finished with other settings; "
-                             f"delete that folder or use a new --out to redo it")
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8")).get("config")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return False  # a damaged record: the stage runs again and resumes itself
+        diff = first_difference(previous, self.record)
+        if diff:
+            raise MixDQError(f"stage {self.name} in {self.folder} finished with other settings "
+                             f"({diff}); delete that folder or use a new --out to redo it")
         return True
 
 
-def _stage(name, kind, folder, outputs, model, options, call, **inputs) -> Stage:
-    record = {"stage": kind, **({"model": model.to_dict()} if model is not None else {}),
-              "options": options.to_dict(), **{k: str(v) for k, v in inputs.items()}}
+def _portable(value: Any, out: Path) -> Any:
+    """A path-valued setting as recorded: inside the run folder, relative to it; an existing
+    file elsewhere, by name and content; anything else (a Hub id, ``tiny``, a folder outside
+    the run) as given."""
+    if not isinstance(value, (str, Path)) or not str(value):
+        return value
+    path = Path(value)
+    try:
+        inside = path.resolve().relative_to(out.resolve())
+    except ValueError:
+        inside = None
+    if inside is not None:
+        return "$OUT" if inside == Path(".") else f"$OUT/{inside.as_posix()}"
+    if path.is_file():
+        return {"file": path.name, "sha256": file_digest(path)}
+    return str(value)
+
+
+def _stage(name, kind, folder, outputs, model, options, call, run_dir: Path, **inputs) -> Stage:
+    model_record = None if model is None else {
+        k: _portable(v, run_dir) if k in ("model", "lora") else v
+        for k, v in model.to_dict().items()}
+    record = {"stage": kind, **({"model": model_record} if model is not None else {}),
+              "options": {k: _portable(v, run_dir) if k in _PATH_KEYS else v
+                          for k, v in options.to_dict().items()},
+              **{k: ({n: _portable(p, run_dir) for n, p in v.items()} if isinstance(v, dict)
+                     else _portable(v, run_dir)) for k, v in inputs.items()}}
     return Stage(name, kind, folder, outputs, record, call)
 
 
 def plan(config: RunConfig, out: str | Path) -> list[Stage]:
     """The stages of a run, in order, each with its settings and its call."""
     out, model = Path(out), config.model
+
+    def stage(name, kind, folder, outputs, model, options, call, **inputs) -> Stage:
+        return _stage(name, kind, folder, outputs, model, options, call, out, **inputs)
+
     calib = out / "calib"
-    stages = [_stage("calibrate", "calibrate", calib, [calib / "manifest.json"], model,
-                     config.calibrate, lambda: calibrate(model, config.calibrate, calib),
-                     out=calib)]
+    stages = [stage("calibrate", "calibrate", calib, [calib / "manifest.json"], model,
+                    config.calibrate, lambda: calibrate(model, config.calibrate, calib),
+                    out=calib)]
     stages[0].section = "calibrate"
     sens_calib = calib
     if config.sensitivity_calib is not None:
         sens_calib = out / "calib-sensitivity"
         options = config.sensitivity_calib
-        stages.append(_stage("calibrate (sensitivity)", "calibrate", sens_calib,
-                             [sens_calib / "manifest.json"], model, options,
-                             lambda: calibrate(model, options, sens_calib), out=sens_calib))
+        stages.append(stage("calibrate (sensitivity)", "calibrate", sens_calib,
+                            [sens_calib / "manifest.json"], model, options,
+                            lambda: calibrate(model, options, sens_calib), out=sens_calib))
         stages[-1].section = "sensitivity.calib"
     sens_csv = out / "sensitivity" / "sens.csv"
     if any(v.allocate is not None for v in config.variants):
-        stages.append(_stage("sensitivity", "sensitivity", sens_csv.parent, [sens_csv], model,
-                             config.sensitivity,
-                             lambda: sensitivity(model, config.sensitivity, sens_calib, sens_csv),
-                             calib=sens_calib, out=sens_csv))
+        stages.append(stage("sensitivity", "sensitivity", sens_csv.parent, [sens_csv], model,
+                            config.sensitivity,
+                            lambda: sensitivity(model, config.sensitivity, sens_calib, sens_csv),
+                            calib=sens_calib, out=sens_csv))
         stages[-1].section = "sensitivity"
     quantized = {}
     for v in config.variants:
@@ -280,29 +322,30 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
             aoptions = v.allocate
             if v.protect:
                 aoptions = aoptions.replace(protect=str(sens_csv.with_suffix(".protect.txt")))
-            stages.append(_stage(f"allocate {v.name}", "allocate", folder, [bitmap], None,
-                                 aoptions, _bind(allocate, aoptions, sens_csv, bitmap),
-                                 sensitivity=sens_csv, out=bitmap))
+            # the model is known here: the table must cover every layer quantize will need
+            stages.append(stage(f"allocate {v.name}", "allocate", folder, [bitmap], None,
+                                aoptions, _bind(allocate, aoptions, sens_csv, bitmap,
+                                                model=model),
+                                sensitivity=sens_csv, out=bitmap))
             qoptions = qoptions.replace(bit_map=str(bitmap))
         qdir = folder / "quant"
-        stages.append(_stage(f"quantize {v.name}", "quantize", folder,
-                             [qdir / "quant_config.json"], model, qoptions,
-                             _bind(quantize, model, qoptions, calib, qdir), calib=calib,
-                             out=qdir))
+        stages.append(stage(f"quantize {v.name}", "quantize", folder,
+                            [qdir / "quant_config.json"], model, qoptions,
+                            _bind(quantize, model, qoptions, calib, qdir), calib=calib,
+                            out=qdir))
         quantized[v.name] = qdir
     if config.benchmark is not None:
         bench = out / "benchmark"
-        stage = _stage("benchmark", "benchmark", bench, [bench / "report.json"], model,
-                       config.benchmark, _bind(benchmark, model, config.benchmark, quantized,
-                                               bench), out=bench)
-        stage.record["quantized"] = {k: str(v) for k, v in quantized.items()}
-        stage.section = "benchmark"
-        stages.append(stage)
+        stages.append(stage("benchmark", "benchmark", bench, [bench / "report.json"], model,
+                            config.benchmark, _bind(benchmark, model, config.benchmark,
+                                                    quantized, bench),
+                            out=bench, quantized=quantized))
+        stages[-1].section = "benchmark"
     return _one_record_per_folder(stages)
 
 
-def _bind(function, *args) -> Callable[[], Any]:
-    return lambda: function(*args)
+def _bind(function, *args, **kwargs) -> Callable[[], Any]:
+    return lambda: function(*args, **kwargs)
 
 
 def _one_record_per_folder(stages: list[Stage]) -> list[Stage]:

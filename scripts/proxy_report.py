@@ -10,7 +10,8 @@ import torch
 
 from quant.models import load_fp_pipeline
 from quant.proxy.classifier import AttributeClassifier
-from quant.proxy.model import classifier_file
+from quant.proxy.metrics import eval_captions
+from quant.proxy.model import bos_outlier_ratio, classifier_file
 from quant.proxy.report import fp_report, save_fp_grid
 from quant.utils.io import write_json
 
@@ -27,6 +28,12 @@ def main() -> None:
     pipe = load_fp_pipeline(args.model, device="cpu")
     classifier = AttributeClassifier.load(classifier_file())
     report = fp_report(pipe, classifier, repeats=args.repeats)
+    with torch.no_grad():
+        embeds = pipe.encode_prompt(eval_captions("all", 1), device="cpu",
+                                    num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
+    report["bos_ratio"] = bos_outlier_ratio(embeds)
+    report["bos_peak"] = float(embeds[:, 0].abs().max())
+    report["token_peak_median"] = float(embeds[:, 1:].abs().amax(-1).median())
     if args.grid:
         report["grid_content_acc"] = save_fp_grid(pipe, classifier, args.grid)
     for key, row in report.items():

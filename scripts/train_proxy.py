@@ -4,8 +4,8 @@ Reproduces the shipped weights in quant/proxy/weights/ (same seed, same thread c
 
     OMP_NUM_THREADS=1 python scripts/train_proxy.py
 
-about 40 minutes on one CPU core (classifier 3, VAE 13, UNet 24 min on a shared 2-core machine).
-Resumable: run the same command again after an interruption (checkpoints in --work).
+about 50 minutes on one CPU core (classifier 3, VAE 14, UNet 30 min on a shared 2-core machine).
+Resumable: run the same command again after an interruption (safetensors checkpoints in --work).
 """
 
 import argparse
@@ -27,10 +27,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     p.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
+    p.add_argument("--bos-peak", type=float, default=TrainConfig.bos_peak,
+                   help="the BOS token's input-embedding outlier (default %(default)s)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps)
+    cfg = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                      bos_peak=args.bos_peak)
     summary = train_proxy(args.work, cfg, ClassifierConfig(), out_root=args.out,
                           stages=tuple(args.stages))
     print(json.dumps(summary, indent=2))

@@ -44,3 +44,23 @@ def test_validation_errors_name_the_layer(tmp_path):
         BitMap.load(path)
     with pytest.raises(MixDQError, match="no such file"):
         BitMap.load(tmp_path / "absent.json")
+
+
+def test_unknown_version_format_and_encoding_are_refused(tmp_path):
+    import json as _json
+
+    from quant.bitmap import BitMap
+    from quant.errors import MixDQError
+
+    good = {"format": "mixdq-bitmap", "version": 1, "layers": {"conv_in": {"w": 8, "a": 8}}}
+    (tmp_path / "v99.json").write_text(_json.dumps({**good, "version": 99}))
+    with pytest.raises(MixDQError, match="bit map version 99 is not supported"):
+        BitMap.load(tmp_path / "v99.json")
+    (tmp_path / "fmt.json").write_text(_json.dumps({**good, "format": "other"}))
+    with pytest.raises(MixDQError, match="format 'other' is not 'mixdq-bitmap'"):
+        BitMap.load(tmp_path / "fmt.json")
+    (tmp_path / "latin1.json").write_bytes("{\"layers\": {\"caf\xe9\": 1}}".encode("latin-1"))
+    with pytest.raises(MixDQError, match="not UTF-8 text"):
+        BitMap.load(tmp_path / "latin1.json")
+    (tmp_path / "ok.json").write_text(_json.dumps(good))
+    assert BitMap.load(tmp_path / "ok.json")["conv_in"].w == 8

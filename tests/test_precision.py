@@ -50,3 +50,36 @@ def test_inf_in_vae_names_the_vae(tiny_pipe):
         tiny_pipe.vae.decoder.conv_out.bias.fill_(float("inf"))
     with pytest.raises(MixDQError, match="Inf in the VAE decoder output"):
         generate(tiny_pipe, ["a dog"])
+
+
+def test_nan_message_names_the_model_and_no_fp32_advice_in_fp32(tiny_pipe):
+    with torch.no_grad():
+        tiny_pipe.unet.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(MixDQError) as info:
+        generate(tiny_pipe, ["a dog"])
+    message = str(info.value)
+    assert "(float32)" in message and "--dtype fp32" not in message
+    assert "of model " in message and "already runs in float32" in message
+    from quant.precision import check_finite
+    with pytest.raises(MixDQError,
+                       match=r"NaN in the UNet output of w4a8 \(bfloat16\); .*--dtype fp32"):
+        check_finite(torch.tensor([float("nan")], dtype=torch.bfloat16), "UNet", "w4a8")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"guidance": float("nan")}, "guidance must be a finite number >= 0, got nan"),
+    ({"guidance": float("inf")}, "guidance must be a finite number"),
+    ({"resolution": 100000},
+     "resolution must be a multiple of 8 from 8 to 4096 pixels, got 100000"),
+    ({"resolution": 60}, "got 60"),
+])
+def test_generation_arguments_are_bounded(tiny_pipe, kwargs, match):
+    with pytest.raises(MixDQError, match=match):
+        generate(tiny_pipe, ["a dog"], **kwargs)
+
+
+def test_long_prompts_warn_that_they_are_truncated(tiny_pipe):
+    long = "a photo of " + "a very red cat and " * 30
+    with pytest.warns(UserWarning, match=r"prompt 1 .* tokens; the text encoder reads only the "
+                                         r"first 77"):
+        generate(tiny_pipe, ["a dog", long], output_type="pt")

@@ -1,7 +1,10 @@
 """mixdq run: config, stage plan, skipping and the end-to-end tiny run."""
 
+import hashlib
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,27 +38,31 @@ def test_plan_builds_typed_options(tmp_path):
     stages = {s.name: s.record for s in plan(config, tmp_path / "out")}
     assert list(stages) == ["calibrate", "sensitivity", "quantize w8a8", "allocate mixed",
                             "quantize mixed", "benchmark"]
-    out = tmp_path / "out"
     calib = stages["calibrate"]
     assert calib["model"] == {"model": "tiny", "device": None, "dtype": None, "lora": None,
                               "lora_scale": 1.0}
-    assert calib["options"]["prompts"] == str(tmp_path / "prompts.txt")
-    assert calib["options"]["num_prompts"] == 4 and calib["out"] == str(out / "calib")
+    # records hold settings, not path spellings: files by content, run files relative to it
+    digest = hashlib.sha256(b"a cat\na dog\n").hexdigest()
+    assert calib["options"]["prompts"] == {"file": "prompts.txt", "sha256": digest}
+    assert config.calibrate.prompts == str(tmp_path / "prompts.txt")  # what the stage reads
+    assert calib["options"]["num_prompts"] == 4 and calib["out"] == "$OUT/calib"
     assert stages["sensitivity"]["options"]["weight_bits"] == [2, 4, 8]
-    assert stages["sensitivity"]["out"] == str(out / "sensitivity" / "sens.csv")
+    assert stages["sensitivity"]["out"] == "$OUT/sensitivity/sens.csv"
+    assert stages["sensitivity"]["calib"] == "$OUT/calib"
     alloc = stages["allocate mixed"]
     assert "model" not in alloc
     assert (alloc["options"]["weight_bits"], alloc["options"]["act_bits"]) == (4.0, 8.0)
-    assert alloc["options"]["protect"] == str(out / "sensitivity" / "sens.protect.txt")
-    assert alloc["out"] == str(out / "variants" / "mixed" / "bitmap.json")
+    assert alloc["options"]["protect"] == "$OUT/sensitivity/sens.protect.txt"
+    assert alloc["out"] == "$OUT/variants/mixed/bitmap.json"
     assert stages["quantize mixed"]["options"]["bit_map"] == alloc["out"]
-    assert stages["quantize mixed"]["out"] == str(out / "variants" / "mixed" / "quant")
+    assert stages["quantize mixed"]["out"] == "$OUT/variants/mixed/quant"
     w8a8 = stages["quantize w8a8"]["options"]
     assert (w8a8["w_bits"], w8a8["a_bits"], w8a8["bit_map"]) == (8, 8, None)
     bench = stages["benchmark"]
     assert bench["options"]["prompt"] == ["a cat", "a dog"] and bench["options"]["no_clip"]
     assert bench["options"]["inception"] == "tiny"
-    assert list(bench["quantized"]) == ["w8a8", "mixed"]
+    assert bench["quantized"] == {"w8a8": "$OUT/variants/w8a8/quant",
+                                  "mixed": "$OUT/variants/mixed/quant"}
 
 
 def test_overrides_and_errors(tmp_path):
@@ -152,8 +159,41 @@ def test_finished_stages_are_skipped(tmp_path):
     def failing(stage):
         raise MixDQError("no GPU here")
 
+    # the refusal names the setting that differs
+    with pytest.raises(MixDQError, match=re.escape("(options.num_prompts: 4 there, 5 now)")):
+        run(changed, tmp_path / "out", execute=execute, log=lambda s: None)
+
     with pytest.raises(MixDQError, match="stage calibrate failed: no GPU here"):
         run(config, tmp_path / "other", execute=failing, log=lambda s: None)
+
+
+def test_finished_stages_are_recognised_however_out_is_spelled_or_moved(tmp_path, monkeypatch):
+    """--out absolute or relative, from another working directory, the run folder moved or
+    copied: the same run, every finished stage skipped."""
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    config = RunConfig.load(_write(tmp_path, BASIC))
+    calls = []
+    execute = _fake_stage(calls)
+    quiet = {"execute": execute, "log": lambda s: None}
+    run(config, tmp_path / "runs" / "a", **quiet)
+    assert len(calls) == 6
+    calls.clear()
+    monkeypatch.chdir(tmp_path / "runs")
+    skipped = [s for _, s in run(config, "a", **quiet)]  # relative spelling
+    assert skipped == ["skipped"] * 6 and calls == []
+    monkeypatch.chdir(tmp_path)
+    run(config, os.path.join("runs", ".", "a"), **quiet)
+    shutil.move(tmp_path / "runs" / "a", tmp_path / "moved")
+    shutil.copytree(tmp_path / "moved", tmp_path / "copied")
+    for folder in ("moved", "copied"):
+        assert [s for _, s in run(config, tmp_path / folder, **quiet)] == ["skipped"] * 6
+    assert calls == []
+    # an input file with other content is another setting, named
+    (tmp_path / "prompts.txt").write_text("a dog\n")
+    changed = RunConfig.load(_write(tmp_path, BASIC))
+    with pytest.raises(MixDQError, match=r"finished with other settings "
+                                         r"\(options.prompts.sha256: '[0-9a-f]+' there"):
+        run(changed, tmp_path / "moved", **quiet)
 
 
 @pytest.mark.parametrize("name", ["tiny", "sdxl_turbo_w8a8", "sdxl_turbo_w5a8", "sdxl_turbo_w4a8"])
@@ -161,8 +201,8 @@ def test_presets_load_and_plan(name, tmp_path):
     config = RunConfig.load(CONFIGS / f"{name}.yaml")
     stages = plan(config, tmp_path)
     assert stages[0].kind == "calibrate" and stages[-1].kind == "benchmark"
-    assert Path(stages[0].record["options"]["prompts"]).is_file()
-    assert Path(stages[-1].record["options"]["prompts"]).is_file()
+    assert Path(config.calibrate.prompts).is_file() and Path(config.benchmark.prompts).is_file()
+    assert len(stages[0].record["options"]["prompts"]["sha256"]) == 64
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 """Resumable image generation for the benchmark: one PNG per prompt, written as it is made.
 
 Layout: ``IMAGES_DIR/<index>.png`` (index zero-padded to 5 digits) plus ``manifest.json``, which
-records the prompts, the generation settings and what produced the images. A rerun skips every
-image already on disk, so an interrupted run continues where it stopped; a rerun with other
-settings or prompts is refused instead of silently mixing two experiments in one folder.
+records the prompts, the generation settings and what produced the images, and ``images.json``,
+which records each PNG's size and sha256 when it was written and the seconds spent on it. A rerun
+skips every image on disk that matches its record (a truncated, empty or changed PNG is made
+again), so an interrupted run continues where it stopped; a rerun with other settings or prompts
+is refused instead of silently mixing two experiments in one folder.
 
 Prompt ``i`` always uses the seed ``seed + i`` (:func:`quant.generate.generate`), so every
 variant of a model sees the same initial noise and images do not depend on how the work was
@@ -14,14 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import MixDQError
-from ..utils.io import save_image, write_json
 from ..utils.distributed import Shard
+from ..utils.io import clean_stale_temps, file_digest, save_image, write_json
 
 MANIFEST = "manifest.json"
+# Per-image records (size, sha256, generation seconds): ``images.json`` (``images.rankNNNNN.json``
+# per rank when sharded). The only files of a benchmark whose content depends on timing.
+RECORD = "images"
 
 
 @dataclasses.dataclass
@@ -48,12 +55,11 @@ class GenerationSettings:
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
             raise MixDQError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise MixDQError(f"resolution must be a multiple of 8, got {self.resolution}")
+        from ..generate import check_generation_args
+
+        check_generation_args(guidance=self.guidance, resolution=self.resolution)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise MixDQError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if self.guidance < 0:
-            raise MixDQError(f"guidance must be >= 0, got {self.guidance}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,6 +91,16 @@ def select_prompts(prompts: list[str], num_prompts: int | None, what: str = "pro
     return list(prompts)
 
 
+# Entries of a variant's source that say where its files lie, not what makes the images (the
+# checkpoint's sha256 does): left out of the manifest, so a moved run folder or another spelling
+# of the same path resumes.
+LOCATION_KEYS = ("quantized",)
+
+
+def _identity(source: dict) -> dict:
+    return {k: v for k, v in source.items() if k not in LOCATION_KEYS}
+
+
 def check_manifest(folder: str | Path, prompts: list[str], settings: GenerationSettings,
                    source: dict, write: bool) -> None:
     """Refuse a folder made with other settings, another model or other prompts; record ours.
@@ -96,16 +112,19 @@ def check_manifest(folder: str | Path, prompts: list[str], settings: GenerationS
         folder: the variant's image folder.
         prompts: this run's prompts.
         settings: this run's generation settings.
-        source: what makes the images (model, quantized folder...), JSON-able.
+        source: what makes the images (model, checkpoint hash...), JSON-able; its
+            :data:`LOCATION_KEYS` are not recorded.
         write: write the updated manifest (rank 0 only when sharded).
     """
     path = Path(folder) / MANIFEST
-    mine = {"settings": settings.to_dict(), "source": source, "prompts": list(prompts)}
+    mine = {"settings": settings.to_dict(), "source": _identity(source),
+            "prompts": list(prompts)}
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
             old_prompts = list(old["prompts"])
-            same = old["settings"] == mine["settings"] and old["source"] == mine["source"]
+            same = (old["settings"] == mine["settings"]
+                    and _identity(old["source"]) == mine["source"])
         except (ValueError, KeyError, TypeError):
             raise MixDQError(f"{path}: unreadable manifest; delete the folder to start "
                              f"over") from None
@@ -131,10 +150,47 @@ def shard_batches(n: int, batch_size: int, shard: Shard) -> list[range]:
             if c % shard.world_size == shard.rank]
 
 
+def record_path(folder: str | Path, shard: Shard = Shard()) -> Path:
+    """The record of what ``shard`` wrote into ``folder``: per image its size, sha256 and the
+    seconds its batch took (its share). One file per rank, so ranks never write the same file."""
+    suffix = "" if shard.world_size == 1 else f".rank{shard.rank:05d}"
+    return Path(folder) / f"{RECORD}{suffix}.json"
+
+
+def read_records(folder: str | Path) -> dict[str, dict]:
+    """Every image record in ``folder`` (all ranks), keyed by file name; unreadable files and
+    entries are ignored (their images are then redone)."""
+    records: dict[str, dict] = {}
+    for path in sorted(Path(folder).glob(f"{RECORD}*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            records.update({k: v for k, v in data.items() if isinstance(v, dict)})
+    return records
+
+
+def image_ok(folder: str | Path, index: int, records: dict[str, dict]) -> bool:
+    """Whether image ``index`` is on disk with the size and sha256 recorded when it was written."""
+    path = image_path(folder, index)
+    rec = records.get(path.name)
+    if rec is None or not path.is_file() or path.stat().st_size != rec.get("bytes"):
+        return False
+    return file_digest(path) == rec.get("sha256")
+
+
+def generation_seconds(folder: str | Path) -> float:
+    """Seconds spent generating the images of ``folder``, over every run that wrote them."""
+    return math.fsum(float(r.get("seconds", 0.0)) for r in read_records(folder).values())
+
+
 def missing_images(folder: str | Path, n: int, shard: Shard = Shard()) -> list[int]:
-    """Indices among shard's share of ``0..n-1`` whose image is not on disk yet."""
+    """Indices among shard's share of ``0..n-1`` whose image is not on disk yet (or does not
+    match what was recorded when it was written)."""
+    records = read_records(folder)
     return [i for batch in shard_batches(n, 1, shard) for i in batch
-            if not image_path(folder, i).is_file()]
+            if not image_ok(folder, i, records)]
 
 
 def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str | Path,
@@ -159,9 +215,17 @@ def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if shard.is_main:
+        clean_stale_temps(folder)  # PNGs whose write a kill interrupted
     check_manifest(folder, prompts, settings, source or {}, write=shard.rank == 0)
+    records = read_records(folder)
+    mine_path = record_path(folder, shard)
+    mine = {k: v for k, v in records.items()
+            if k in {image_path(folder, i).name for b in shard_batches(len(prompts),
+                                                                       settings.batch_size, shard)
+                     for i in b}}
     todo = [b for b in shard_batches(len(prompts), settings.batch_size, shard)
-            if any(not image_path(folder, i).is_file() for i in b)]
+            if any(not image_ok(folder, i, records) for i in b)]
     if not todo:
         return 0
     pipe = pipe_fn()
@@ -170,14 +234,26 @@ def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str 
     for batch in todo:
         # The whole batch is regenerated even if part of it is on disk, so the images come
         # from the same batched computation as in an uninterrupted run.
-        images = generate(pipe, prompts[batch.start:batch.stop], steps=settings.steps,
-                          guidance=settings.guidance, resolution=settings.resolution,
-                          negative_prompt=settings.negative_prompt,
-                          seed=settings.seed + batch.start)
+        started = time.perf_counter()
+        try:
+            images = generate(pipe, prompts[batch.start:batch.stop], steps=settings.steps,
+                              guidance=settings.guidance, resolution=settings.resolution,
+                              negative_prompt=settings.negative_prompt,
+                              seed=settings.seed + batch.start)
+        except MixDQError as e:
+            raise MixDQError(f"variant {folder.name}, prompts {batch.start}..{batch.stop - 1}: "
+                             f"{e}") from None
+        seconds = (time.perf_counter() - started) / len(batch)
         for i, image in zip(batch, images):
-            if not image_path(folder, i).is_file():
-                save_image(image, image_path(folder, i))
+            path = image_path(folder, i)
+            if not image_ok(folder, i, records):
+                save_image(image, path)
                 written += 1
+            # The record follows the image: an image without one is redone on resume.
+            mine[path.name] = {"bytes": path.stat().st_size, "sha256": file_digest(path),
+                               "seconds": round(seconds, 6)}
+        records.update(mine)
+        write_json(mine_path, mine)
         bar.update(len(batch))
     bar.close()
     return written

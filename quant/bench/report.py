@@ -112,6 +112,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+GRID_LABEL_WIDTH = 26   # characters per line of a row caption
+GRID_LABEL_LINES = 8    # lines that fit beside one image row at 8 pt
+
+
+def grid_label(prompt: str, width: int = GRID_LABEL_WIDTH, lines: int = GRID_LABEL_LINES) -> str:
+    """A row caption that fits its cell: wrapped to ``width`` characters (long words broken)
+    and cut to ``lines`` lines, ending in "..." when the prompt was longer."""
+    wrapped = textwrap.wrap(" ".join(prompt.split()), width, break_long_words=True) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 3].rstrip() + "..."
+    return "\n".join(wrapped)
+
+
 def save_grid(path: str | Path, folders: dict[str, Path], prompts: list[str],
               rows: int = 8) -> None:
     """An image grid PNG: one row per prompt (the first ``rows``), one column per variant.
@@ -135,7 +149,7 @@ def save_grid(path: str | Path, folders: dict[str, Path], prompts: list[str],
                              squeeze=False, gridspec_kw={"width_ratios": [0.9] + [1] * cols})
     for r in range(n):
         axes[r][0].axis("off")
-        axes[r][0].text(1.0, 0.5, textwrap.fill(prompts[r], 26), fontsize=8, ha="right",
+        axes[r][0].text(1.0, 0.5, grid_label(prompts[r]), fontsize=8, ha="right",
                         va="center", transform=axes[r][0].transAxes)
     for c, (name, folder) in enumerate(folders.items(), start=1):
         for r in range(n):

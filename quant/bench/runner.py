@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,7 +12,8 @@ import torch
 from ..errors import MixDQError
 from ..utils.distributed import Shard
 from .evaluate import MetricModels, evaluate_variants
-from .generation import GenerationSettings, generate_images, image_path
+from .generation import (GenerationSettings, generate_images, generation_seconds, image_path,
+                         missing_images)
 from .metrics import list_images
 from .report import FORMAT, latency_warnings, save_grid, versions, write_report
 from .timing import capture_unet_inputs, measure_unet
@@ -141,16 +141,20 @@ def run_benchmark(variants: list[Variant], prompts: list[str], config: Benchmark
                                    device=device)
     folders = {v.name: out / "images" / v.name for v in variants}
     perf: dict[str, dict] = {}
-    started = time.monotonic()
+    lazies = {v.name: _LazyPipeline(v.load) for v in variants}
+    if any(missing_images(folders[v.name], len(prompts), shard) for v in variants):
+        # Only when something is generated: a complete benchmark never loads a pipeline.
+        _check_fingerprints(variants, reference, lazies[reference.name])
     for v in variants:
-        lazy = _LazyPipeline(v.load)
+        lazy = lazies[v.name]
         generate_images(lazy.get, prompts, folders[v.name], config.generation, source=v.source,
                         shard=shard, desc=f"generating {v.name}")
         if shard.is_main and config.latency:
             perf[v.name] = _perf(lazy.get(), prompts, config)
         lazy.release()
-    generation_s = time.monotonic() - started
     shard.barrier()
+    # Summed from the per-image records, so a resumed run counts the work of every run.
+    generation_s = sum(generation_seconds(f) for f in folders.values())
     if not shard.is_main:
         return None
 
@@ -186,6 +190,26 @@ def run_benchmark(variants: list[Variant], prompts: list[str], config: Benchmark
     }
     write_report(out, report)
     return report
+
+
+def _check_fingerprints(variants: list[Variant], reference: Variant,
+                        lazy: _LazyPipeline) -> None:
+    """Refuse quantized checkpoints made from another model than the reference's, before any
+    image is generated (the reference's own images come first and could take hours)."""
+    from ..checkpoint import read_config
+    from ..calib.store import model_fingerprint
+
+    quantized = [v for v in variants if v.source.get("quantized")]
+    if not quantized:
+        return
+    model = model_fingerprint(lazy.get().unet)
+    for v in quantized:
+        config = read_config(v.source["quantized"])
+        if config["unet_hash"] != model:
+            raise MixDQError(f"variant {v.name}: checkpoint {v.source['quantized']} was made from "
+                             f"a different UNet (fingerprint {config['unet_hash'][:12]}) than the "
+                             f"reference {reference.name} ({str(model)[:12]}); benchmark it "
+                             f"with the model it was quantized from")
 
 
 def _image_side(path: Path) -> int:

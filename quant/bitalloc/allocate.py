@@ -173,7 +173,12 @@ def allocate_target(table: SensitivityTable, target: str, budget: Budget,
     if capacity < lo:
         raise MixDQError(_infeasible(target, budget, lo, hi, total))
     fixed = _fixed_cost(table, obj)
-    if config.mode == "joint":
+    if capacity >= hi:
+        # Every layer can have its most bits: give them, rather than let the program trade bits
+        # for loss differences that are measurement noise (more bits are never really worse).
+        bits = {n: obj.options[n][-1] for n in obj.layers}
+        status, seconds, ratio, solves = "Optimal", 0.0, None, 0
+    elif config.mode == "joint":
         sol = _solve(table, obj, obj.layers, obj.loss, capacity - fixed, target)
         bits, status, seconds, ratio = _bits(obj, obj.layers, sol), sol.status, sol.solve_s, None
         solves = 1

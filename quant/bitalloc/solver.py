@@ -85,9 +85,27 @@ def solve_mckp(losses: Sequence[Sequence[float]], costs: Sequence[Sequence[int]]
         cost = sum(c[k] for c, k in zip(costs, picks))
         if cost <= capacity:
             status = "Optimal" if not lowered else f"Optimal (capacity lowered by {lowered})"
+            picks = _prefer_costlier_ties(picks, losses, costs, capacity)
             return _solution(picks, losses, costs, status, time.perf_counter() - start)
         lowered += cost - (capacity - lowered)  # CBC's excess over the row it was given
     raise MixDQError(f"{name}: CBC's solutions stay over the capacity {capacity}")
+
+
+def _prefer_costlier_ties(picks, losses, costs, capacity: int) -> list[int]:
+    """Break ties toward more bits: move a layer to a costlier option whose loss is not larger
+    (exactly; the optimum's loss is unchanged) while the budget allows, largest gain in cost
+    first, layers in order."""
+    picks = list(picks)
+    spare = capacity - sum(c[k] for c, k in zip(costs, picks))
+    for i, (row_l, row_c) in enumerate(zip(losses, costs)):
+        k = picks[i]
+        better = [j for j in range(len(row_c)) if row_c[j] > row_c[k] and row_l[j] <= row_l[k]
+                  and row_c[j] - row_c[k] <= spare]
+        if better:
+            j = max(better, key=lambda j: (row_c[j], -j))
+            spare -= row_c[j] - row_c[k]
+            picks[i] = j
+    return picks
 
 
 def _solution(picks, losses, costs, status, seconds) -> Solution:

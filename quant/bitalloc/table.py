@@ -79,7 +79,26 @@ class SensitivityTable:
         path = Path(path)
         if not path.is_file():
             raise MixDQError(f"sensitivity table {path}: no such file")
-        return cls.parse(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise MixDQError(f"sensitivity table {path}: not UTF-8 text") from None
+        return cls.parse(text, source=str(path))
+
+    def check_layers(self, names: Iterable[str], source: str = "sensitivity table") -> None:
+        """Refuse a table that lacks a layer of the model (``names``: its quantizable layers):
+        a bit map allocated from it would not name every layer (layers with only some of the
+        targets are refused when the table is read).
+
+        Raises:
+            MixDQError: naming the first missing layer and how many are missing.
+        """
+        names = list(names)
+        missing = [n for n in names if n not in self.layers]
+        if missing:
+            raise MixDQError(f"{source}: layer {missing[0]} of the model is missing "
+                             f"({len(missing)} of {len(names)} layers missing); rerun "
+                             f"`mixdq sensitivity` with the same arguments to complete it")
 
     @classmethod
     def parse(cls, text: str, source: str = "sensitivity table") -> "SensitivityTable":

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import MixDQError
 from ..unet import config_fingerprint
-from ..utils.io import save_image, write_json
+from ..utils.io import clean_stale_temps, file_digest, save_image, write_json
 from . import store
 
 
@@ -196,9 +196,7 @@ def _prepare_folder(out: Path, intent: dict) -> dict:
                              f"({diff}); use another --out or delete it")
         # A killed run can leave the temporaries of atomic writes behind; they are ours.
         for folder in (out, out / store.SHARD_DIR, out / store.IMAGE_DIR):
-            for tmp in folder.glob(".*.tmp"):
-                if tmp.is_file():
-                    tmp.unlink()
+            clean_stale_temps(folder)
         return old
     if out.is_dir() and any(out.iterdir()):
         raise MixDQError(f"--out {out} is a non-empty folder that is not a calibration run; "
@@ -207,9 +205,37 @@ def _prepare_folder(out: Path, intent: dict) -> dict:
     return json.loads(settings.read_text(encoding="utf-8"))
 
 
-def _batch_done(out: Path, index: int, start: int, stop: int) -> bool:
-    return (out / store.shard_name(index)).is_file() and all(
-        (out / store.image_name(i)).is_file() for i in range(start, stop))
+def _recorded_files(out: Path) -> dict:
+    """The sizes and hashes a previous complete run recorded in its manifest (else empty)."""
+    try:
+        files = json.loads((out / store.MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _file_ok(out: Path, name: str, recorded: dict) -> bool:
+    """Whether a file that a batch wrote can be reused: readable, and equal to what the manifest
+    recorded if a complete run recorded it."""
+    path = out / name
+    if not path.is_file():
+        return False
+    rec = recorded.get(name)
+    if isinstance(rec, dict):
+        return path.stat().st_size == rec.get("bytes") and file_digest(path) == rec.get("sha256")
+    try:
+        if name.startswith(store.SHARD_DIR):
+            store.read_shard(path)
+        else:
+            store.read_image(path)
+    except MixDQError:
+        return False
+    return True
+
+
+def _batch_done(out: Path, index: int, start: int, stop: int, recorded: dict) -> bool:
+    return _file_ok(out, store.shard_name(index), recorded) and all(
+        _file_ok(out, store.image_name(i), recorded) for i in range(start, stop))
 
 
 def _manifest(out: Path, intent: dict, batches: list[tuple[int, int, int]]) -> dict:
@@ -236,6 +262,9 @@ def _manifest(out: Path, intent: dict, batches: list[tuple[int, int, int]]) -> d
         "tensors": tensors,
         "shards": shards,
         "images": [store.image_name(i) for i in range(len(intent["prompts"]))],
+        "files": {name: {"bytes": (out / name).stat().st_size, "sha256": file_digest(out / name)}
+                  for name in [s["file"] for s in shards]
+                  + [store.image_name(i) for i in range(len(intent["prompts"]))]},
     }
 
 
@@ -248,7 +277,8 @@ def _intent(pipe, prompts, steps, guidance, resolution, batch_size, seed, model_
         "settings": {"steps": steps, "guidance": float(guidance), "resolution": resolution,
                      "batch_size": batch_size, "seed": seed, "cfg": cfg,
                      "unet_dtype": str(pipe.unet.dtype).removeprefix("torch.")},
-        "unet": {"class": type(pipe.unet).__name__, "config_sha256": _unet_fingerprint(pipe.unet)},
+        "unet": {"class": type(pipe.unet).__name__, "config_sha256": _unet_fingerprint(pipe.unet),
+                 "weights_sha256": store.model_fingerprint(pipe.unet)},
         "prompts": list(prompts),
         "versions": _versions(),
     }
@@ -304,7 +334,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
     intent = _prepare_folder(out, intent)
     batches = [(k, start, min(start + batch_size, len(prompts)))
                for k, start in enumerate(range(0, len(prompts), batch_size))]
-    todo = [b for b in batches if not _batch_done(out, *b)]
+    recorded = _recorded_files(out)
+    todo = [b for b in batches if not _batch_done(out, *b, recorded)]
     done = len(prompts) - sum(stop - start for _, start, stop in todo)
     with show_progress(total=len(prompts), initial=done, unit="prompts", desc="calibrate",
                        enabled=progress) as bar, UNetRecorder(pipe.unet) as rec:

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from ..errors import MixDQError
-from ..unet import OPTIONAL_INPUTS, UNET_INPUTS
+from ..unet import OPTIONAL_INPUTS, UNET_INPUTS, config_fingerprint
 from ..utils.io import write_bytes
+from ..utils.records import json_digest
 
 FORMAT = "mixdq-calib"
 VERSION = 1
@@ -74,6 +75,46 @@ def shard_header(path: str | Path) -> dict[str, dict]:
             piece = f.get_slice(key)
             out[key] = {"shape": list(piece.get_shape()), "dtype": piece.get_dtype()}
     return out
+
+
+def model_fingerprint(unet) -> str | None:
+    """The fingerprint of a UNet's float weights (:func:`quant.checkpoint.unet_hash`); for a
+    quantized UNet, that of the float UNet it was made from."""
+    from ..checkpoint import unet_hash
+
+    return getattr(unet, "mixdq_base_hash", None) or unet_hash(unet)
+
+
+def read_shard(path: str | Path, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """Load a whole shard, checking that it is a complete safetensors file.
+
+    Raises:
+        MixDQError: a truncated, empty or otherwise unreadable shard (naming it).
+    """
+    from safetensors.torch import load
+
+    try:
+        return load(Path(path).read_bytes() if data is None else data)
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MixDQError(f"{path}: unreadable calibration shard ({first}); rerun `mixdq "
+                         f"calibrate` with the same arguments to restore it") from None
+
+
+def read_image(path: str | Path):
+    """Open an image file completely (a truncated or empty PNG fails); returns it as RGB.
+
+    Raises:
+        MixDQError: naming the file.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for broken files
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MixDQError(f"{path}: unreadable image ({first})") from None
 
 
 def _read_json(path: Path) -> dict:
@@ -141,6 +182,57 @@ class CalibrationData:
         if sum(n for _, n in self._shards) != self._length:
             raise MixDQError(f"{manifest}: shard sample counts do not add up to "
                              f"{self._length}")
+        # Sizes and sha256 recorded when the files were written (absent in older folders): the
+        # sizes are checked here, the hashes whenever a file is read.
+        self._files = self.manifest.get("files") or {}
+        for name, rec in sorted(self._files.items()):
+            size = (self.path / name).stat().st_size
+            if size != rec.get("bytes"):
+                raise MixDQError(f"calibration folder {self.path}: {name} has {size} bytes, "
+                                 f"{rec.get('bytes')} were written; rerun `mixdq calibrate` with "
+                                 f"the same arguments to restore it")
+
+    def fingerprint(self) -> str:
+        """What this calibration is, wherever its folder lies and however its path is spelled:
+        the sha256 of its recorded model, settings, UNet fingerprints, prompts and per-file
+        hashes (not where the prompts were read from, nor the library versions)."""
+        keys = ("format", "version", "model", "settings", "unet", "prompts", "shards", "files")
+        return json_digest({k: self.manifest.get(k) for k in keys})
+
+    def check_model(self, unet) -> None:
+        """Refuse a UNet other than the one this calibration was recorded with.
+
+        Compares the UNet's class, configuration and weight fingerprint with those recorded
+        (for a quantized UNet: those of the float UNet it was made from). Folders recorded
+        before the weight fingerprint existed are checked on class and configuration only.
+
+        Raises:
+            MixDQError: one line naming what differs.
+        """
+        rec = self.manifest.get("unet") or {}
+        checks = [("class", type(unet).__name__), ("config_sha256", config_fingerprint(unet))]
+        if rec.get("weights_sha256"):
+            checks.append(("weights_sha256", model_fingerprint(unet)))
+        for key, mine in checks:
+            if rec.get(key) != mine:
+                what = {"class": "UNet class", "config_sha256": "UNet configuration",
+                        "weights_sha256": "UNet weights"}[key]
+                raise MixDQError(f"calibration folder {self.path} was recorded with another "
+                                 f"model ({self.model!r}; its {what} differ from this one's: "
+                                 f"{str(rec.get(key))[:16]} there, {str(mine)[:16]} here); "
+                                 f"calibrate with this model")
+
+    def _verify(self, path: Path, data: bytes) -> None:
+        rec = self._files.get(path.relative_to(self.path).as_posix())
+        if rec is not None:
+            import hashlib
+
+            if len(data) != rec.get("bytes") or hashlib.sha256(data).hexdigest() != rec.get(
+                    "sha256"):
+                raise MixDQError(f"calibration folder {self.path}: "
+                                 f"{path.relative_to(self.path)} does not match the sha256 "
+                                 f"recorded when it was written; rerun `mixdq calibrate` with "
+                                 f"the same arguments to restore it")
 
     # Settings of the run that made the folder.
     @property
@@ -197,17 +289,30 @@ class CalibrationData:
 
     def reference_images(self) -> list:
         """The full-precision images as PIL images, in prompt order."""
-        from PIL import Image
+        import io
 
         images = []
         for path in self.image_paths:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+            data = path.read_bytes()
+            self._verify(path, data)
+            images.append(read_image(io.BytesIO(data)))
         return images
 
     def batches(self, batch_size: int, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32,
-                steps: int | Iterable[int] | None = None) -> Iterator[dict]:
+                steps: int | Iterable[int] | None = None) -> "CalibrationBatches":
+        """Yield the recorded samples in batches, always in the same order (see
+        :meth:`iter_batches`); the result also carries this folder as ``.calibration``, so that
+        :func:`quant.quantize.quantize_unet` and :func:`quant.quantize.output_sqnr` check the
+        UNet against the recorded model (:meth:`check_model`) before using them."""
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise MixDQError(f"batch size must be a positive integer, got {batch_size!r}")
+        _steps_arg(steps, self.steps)
+        return CalibrationBatches(self, batch_size, device, dtype, steps)
+
+    def iter_batches(self, batch_size: int, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32,
+                     steps: int | Iterable[int] | None = None) -> Iterator[dict]:
         """Yield the recorded samples in batches, always in the same order.
 
         Only one shard and one batch are in memory at a time.
@@ -254,12 +359,12 @@ class CalibrationData:
         return {k: batch[k] for k in UNET_KEYS if k in batch}
 
     def _load_shard(self, path: Path) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
         try:
-            rows = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise MixDQError(f"{path}: unreadable calibration shard ({e})") from None
+            data = path.read_bytes()
+        except OSError as e:
+            raise MixDQError(f"{path}: unreadable calibration shard ({e.strerror})") from None
+        self._verify(path, data)
+        rows = read_shard(path, data)
         absent = [k for k in ROW_KEYS if k not in rows]
         if absent:
             raise MixDQError(f"{path}: calibration shard lacks {absent[0]!r}")
@@ -268,6 +373,36 @@ class CalibrationData:
     def __repr__(self) -> str:
         return (f"CalibrationData({str(self.path)!r}: {len(self.prompts)} prompts, "
                 f"{self.steps} step(s), {len(self)} samples)")
+
+
+class CalibrationBatches:
+    """The iterable :meth:`CalibrationData.batches` returns: re-iterable, and it knows its folder
+    (``.calibration``) so that consumers can check the model (see
+    :meth:`CalibrationData.check_model`)."""
+
+    def __init__(self, calibration: CalibrationData, batch_size, device, dtype, steps):
+        self.calibration = calibration
+        self._args = (batch_size, device, dtype, steps)
+        self._running: Iterator[dict] | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        """A fresh pass over every batch."""
+        return self.calibration.iter_batches(*self._args)
+
+    def __next__(self) -> dict:
+        """The next batch of one running pass (like the generator this used to be)."""
+        if self._running is None:
+            self._running = iter(self)
+        return next(self._running)
+
+
+def check_calibration_model(calibration, unet) -> None:
+    """If ``calibration`` (batches, or a folder) comes from a calibration folder, refuse a
+    ``unet`` other than the one it was recorded with; other iterables pass unchecked."""
+    data = calibration if isinstance(calibration, CalibrationData) else getattr(
+        calibration, "calibration", None)
+    if isinstance(data, CalibrationData):
+        data.check_model(unet)
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

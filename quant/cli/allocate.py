@@ -46,11 +46,15 @@ def register(sub):
                    "range and write the Pareto front (CSV + PNG)")
     p.add_argument("--points", type=int, default=17, metavar="N",
                    help="budgets per target in --sweep (default 17)")
+    p.add_argument("--model", default=None,
+                   help="the model the table was measured on (Hub id, folder, 'tiny'): the "
+                   "table must then have every quantizable layer of its UNet (read from its "
+                   "configuration; no weights are loaded)")
     return p
 
 
 def run(args) -> int:
-    from ..stages import AllocateOptions, allocate
+    from ..stages import AllocateOptions, ModelSpec, allocate
 
     candidates = {key: _candidates(getattr(args, key), key)
                   for key in ("weight_candidates", "act_candidates")
@@ -60,7 +64,7 @@ def run(args) -> int:
                                  ("act_bits", "average bits"))
                if getattr(args, key) is not None}
     allocate(stage_options(AllocateOptions, args, **candidates, **budgets), args.sensitivity,
-             args.out)
+             args.out, model=ModelSpec(args.model) if args.model else None)
     return 0
 
 

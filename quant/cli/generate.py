@@ -27,13 +27,14 @@ def register(sub):
 
 def run(args) -> int:
     from ..api import load_pipeline
-    from ..generate import generate
+    from ..generate import check_generation_args, generate
     from ..utils.io import save_image
 
     if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise MixDQError(f"--out {args.out}: use a .png, .jpg or .webp file name")
     if args.quantized is not None and not Path(args.quantized).is_dir():
         raise MixDQError(f"--quantized {args.quantized}: no such folder")
+    check_generation_args(guidance=args.guidance, resolution=args.resolution)  # before loading
     spec = model_spec(args)
     steps, guidance = args.steps, args.guidance
     if steps is None or guidance is None:

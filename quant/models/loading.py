@@ -133,7 +133,7 @@ def _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale, scheduler):
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if guard:
-        pipe.mixdq_guard = PrecisionGuard(pipe)
+        pipe.mixdq_guard = PrecisionGuard(pipe, name=f"model {model}")
     return pipe
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import MixDQError
 
-TRAIN_HINT = "train them with `python scripts/train_proxy.py` (about 40 minutes on one CPU core)"
+TRAIN_HINT = "train them with `python scripts/train_proxy.py` (about 50 minutes on one CPU core)"
 
 
 def weights_root() -> Path:

@@ -48,6 +48,8 @@ class ModelSpec:
         if isinstance(self.lora_scale, bool) or not isinstance(self.lora_scale, (int, float)):
             raise MixDQError(f"model.lora_scale: expected a number, got {self.lora_scale!r}")
         object.__setattr__(self, "lora_scale", float(self.lora_scale))
+        if self.device is not None:
+            check_device(self.device)
 
     def load(self, device=None, **kwargs):
         """The full-precision pipeline (LoRA fused); ``device`` overrides the spec's (a rank's
@@ -68,6 +70,18 @@ class ModelSpec:
         return usual_settings(read_model_index(resolve_model(self.model)), self.lora,
                               self.scheduler)
 
+    def unet_layers(self) -> list[str]:
+        """The names of the UNet's quantizable layers, from its configuration alone (the UNet is
+        built on the meta device: no weights are read, even for SDXL)."""
+        from diffusers import UNet2DConditionModel
+
+        from ..structure import quantizable_layers
+        from ..unet import random_unet
+        from .loading import resolve_model
+
+        config = UNet2DConditionModel.load_config(resolve_model(self.model), subfolder="unet")
+        return list(quantizable_layers(random_unet(config, meta=True)))
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         if data["scheduler"] is None:  # as before the setting existed: old run records match
@@ -83,3 +97,33 @@ class ModelSpec:
             if key not in names:
                 raise MixDQError(f"model.{key}: unknown setting; known: {', '.join(names)}")
         return cls(**data)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device that this torch cannot run on, with one line: an unknown name
+    (``tpu``), CUDA on a CPU-only torch or a machine without a GPU, a GPU index that is not
+    there.
+
+    Raises:
+        MixDQError: naming the device and what is available.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise MixDQError(f"model.device: unknown device {device!r}; use cpu, cuda or cuda:N"
+                         ) from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type != "cuda":
+        raise MixDQError(f"model.device: {device!r} is not supported by mixdq; use cpu, cuda or "
+                         f"cuda:N")
+    if not torch.cuda.is_available():
+        why = ("this torch is built without CUDA" if torch.version.cuda is None
+               else "no CUDA GPU is visible")
+        raise MixDQError(f"model.device: {device!r} requested but {why}; use --device cpu")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise MixDQError(f"model.device: {device!r} requested but only {count} CUDA GPU(s) "
+                         f"are visible (cuda:0..cuda:{count - 1})")

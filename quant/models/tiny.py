@@ -9,6 +9,7 @@ a fraction of a second on one CPU core. Built once and cached on disk as a diffu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, clean_stale_temps
 from ..utils.quiet import quiet_libraries
 
 
@@ -152,8 +153,30 @@ def tiny_path(cfg: TinyConfig = TinyConfig(), cache_dir: str | os.PathLike | Non
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     path = root / f"tiny-{cfg.fingerprint()}"
     if not (path / "model_index.json").exists():
-        with quiet_libraries():
-            pipe = build_tiny_pipeline(cfg)
-            with atomic_path(path) as tmp:
-                pipe.save_pretrained(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        # One build at a time (two runs at once build it once); under the lock every temporary
+        # left in the cache comes from a build that was killed half-way, so it goes.
+        with _locked(root / ".tiny.lock"):
+            clean_stale_temps(root, ".tiny-*.tmp")
+            if not (path / "model_index.json").exists():
+                with quiet_libraries():
+                    pipe = build_tiny_pipeline(cfg)
+                    with atomic_path(path) as tmp:
+                        pipe.save_pretrained(tmp)
     return path
+
+
+@contextlib.contextmanager
+def _locked(lock: Path):
+    """An exclusive advisory lock on ``lock`` (no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

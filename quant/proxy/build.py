@@ -60,7 +60,7 @@ def train_proxy(work_dir: str | Path, cfg: TrainConfig = TrainConfig(),
         summary["seconds"]["classifier"] = round(time.time() - start, 1)
     if not {"vae", "unet", "export"} & set(stages):
         return summary
-    pipe = build_untrained(cfg.seed)
+    pipe = build_untrained(cfg.seed, cfg.bos_peak)
     start = time.time()
     train_vae(pipe, cfg, work_dir)  # a finished checkpoint only re-derives the scaling factor
     summary["seconds"]["vae"] = round(time.time() - start, 1)

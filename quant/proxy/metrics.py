@@ -5,10 +5,17 @@
 - **FID**: Frechet distance between the classifier's penultimate features of the generated
   images and of real dataset images for the same captions (the proxy's Inception);
 - **SQNR / PSNR / SSIM** against reference images (the full-precision pipeline's outputs for
-  the same captions and seeds), which is what a quantized pipeline is compared with.
+  the same captions and seeds), which is what a quantized pipeline is compared with;
+- **quality score** (:func:`quality_scores`): the relative error of the images' high-frequency
+  band (image minus its 3x3 blur) against the references, in percent (0 = the same fine detail).
+  Blur removes that band, noise and texture add to it; ``sharpness`` tells the two directions
+  apart (<1 blurrier, >1 noisier). It is a fidelity measure, so a wrong colour or a moved edge
+  moves it too; content accuracy is what judges content alone.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -79,11 +86,54 @@ def content_scores(classifier: AttributeClassifier, images: torch.Tensor,
     return scores
 
 
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% for the default ``z``)."""
+    if total < 1 or not 0 <= successes <= total:
+        raise MixDQError(f"Wilson interval of {successes} successes in {total} trials")
+    p = successes / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def high_frequency(images: torch.Tensor) -> torch.Tensor:
+    """The high-frequency band of ``[B, C, H, W]`` images: the image minus its 3x3 binomial blur
+    (edges replicated)."""
+    import torch.nn.functional as F
+
+    x = images.double()
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    k = (k[:, None] * k[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
+    return x - blurred
+
+
+def quality_scores(images: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
+    """High-frequency fidelity of ``images`` to ``references`` (both ``[B, 3, H, W]``).
+
+    Returns:
+        ``quality``: ``100 * ||hf(images) - hf(references)|| / ||hf(references)||`` over the batch
+        (0 when identical; lower is better); ``sharpness``: ``||hf(images)|| / ||hf(references)||``.
+    """
+    if images.shape != references.shape:
+        raise MixDQError(f"images {tuple(images.shape)} and references "
+                         f"{tuple(references.shape)} differ in shape")
+    hf_x, hf_ref = high_frequency(images), high_frequency(references)
+    ref_norm = hf_ref.norm().item()
+    if ref_norm == 0:
+        raise MixDQError("the reference images have no high-frequency content (flat images)")
+    return {"quality": 100 * (hf_x - hf_ref).norm().item() / ref_norm,
+            "sharpness": hf_x.norm().item() / ref_norm}
+
+
 def fidelity(images: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
     """SQNR, PSNR and SSIM of ``images`` against ``references`` (both ``[B, 3, H, W]`` in
     [0, 1])."""
-    from torchmetrics.functional.image import (peak_signal_noise_ratio,
-                                               structural_similarity_index_measure)
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
 
     if images.shape != references.shape:
         raise MixDQError(f"images {tuple(images.shape)} and references "
@@ -91,7 +141,8 @@ def fidelity(images: torch.Tensor, references: torch.Tensor) -> dict[str, float]
     x, y = images.float(), references.float()
     return {"sqnr_db": sqnr_db(y, x),
             "psnr_db": float(peak_signal_noise_ratio(x, y, data_range=1.0)),
-            "ssim": float(structural_similarity_index_measure(x, y, data_range=1.0))}
+            "ssim": float(structural_similarity_index_measure(x, y, data_range=1.0)),
+            **quality_scores(x, y)}
 
 
 def generate_images(pipe, captions: list[str], seed: int = 42, steps: int = 1,
@@ -123,12 +174,15 @@ def evaluate(pipe, captions: list[str], seed: int = 42, steps: int = 1,
         real_seed: jitter seed of the real images that FID compares with.
 
     Returns:
-        ``content_acc`` and per-attribute accuracies, ``fid``, and with references ``sqnr_db``,
-        ``psnr_db``, ``ssim``; plus ``images``, the generated tensor (for use as references).
+        ``content_acc`` with its 95% Wilson interval (``content_lo``, ``content_hi``) and
+        per-attribute accuracies, ``fid``, and with references ``sqnr_db``, ``psnr_db``, ``ssim``,
+        ``quality``, ``sharpness``; plus ``images``, the generated tensor (for use as references).
     """
     classifier = classifier or AttributeClassifier.load(classifier_file())
     images = generate_images(pipe, captions, seed=seed, steps=steps)
     result = content_scores(classifier, images, captions)
+    right = round(result["content_acc"] * len(captions))
+    result["content_lo"], result["content_hi"] = wilson_interval(right, len(captions))
     result["fid"] = classifier_fid(classifier, images, real_images(captions, real_seed))
     if reference_images is not None:
         result.update(fidelity(images, reference_images))

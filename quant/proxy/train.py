@@ -11,13 +11,12 @@ that the scheduler derives from the UNet output (:func:`predicted_x0`), with
 ``sigma_max``, exactly what the pipeline starts from, so one step must draw the whole image from
 the caption alone.
 
-The shipped proxy predicts ``v`` (``prediction_type="v_prediction"``, which the stock scheduler
-supports), not epsilon as SDXL-Turbo does. With epsilon, ``x0 = x - 14.6 * eps`` at t=999: the
-UNet must reproduce its input to about 35 dB before the image appears, which a 3 M-parameter
-UNet did not approach within the CPU budget (21.7 dB after 500 steps, gaining ~1 dB per 100).
-With ``v`` the same step reads ``x0 ~ -v``. The consequence for quantization studies: errors in
-the proxy's UNet output reach the image unamplified, where SDXL-Turbo multiplies them by up to
-``sigma_max``; the proxy is the more forgiving model.
+The shipped proxy predicts epsilon, as SDXL-Turbo does: at t=999 ``x0 = x - 14.6 * eps``, so the
+UNet must reproduce its input noise to ~35 dB before the image appears, and its errors reach the
+image multiplied by ``sigma_max``. Training starts from an exact noise pass-through
+(:func:`quant.proxy.model.init_noise_path`) and learns the rest; the BOS row of the token
+embeddings is the fixed outlier of :func:`quant.proxy.model.install_bos_outlier`, put back after
+every optimizer step. Checkpoints are safetensors (:mod:`quant.proxy.state`), never pickles.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import MixDQError
-from ..utils.io import atomic_path
-from .model import add_time_ids, encode_text
+from .model import BOS_PEAK, add_time_ids, encode_text, install_bos_outlier
 from .scenes import ShapesDataset
+from .state import load_state, save_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +45,15 @@ class TrainConfig:
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
     scale_images: int = 512  # images that set the VAE's latent scaling factor
-    unet_steps: int = 1600
+    unet_steps: int = 1800
     unet_lr: float = 1e-3
     text_lr: float = 5e-4
     warmup: int = 100
-    first_step_prob: float = 0.4  # share of samples at t=999, the 1-step case
+    first_step_prob: float = 0.8  # share of samples at t=999, the 1-step case
     ema_decay: float = 0.995
     checkpoint_every: int = 100
-    prediction_type: str = "v_prediction"  # see the module docstring
+    prediction_type: str = "epsilon"  # see the module docstring
+    bos_peak: float = BOS_PEAK  # the BOS token's input-embedding outlier (install_bos_outlier)
 
     def __post_init__(self):
         if self.batch < 1 or self.vae_steps < 0 or self.unet_steps < 1:
@@ -63,12 +63,14 @@ class TrainConfig:
                              f"v_prediction")
         if not 0 <= self.first_step_prob <= 1 or not 0 <= self.ema_decay < 1:
             raise MixDQError("first_step_prob must be in [0, 1] and ema_decay in [0, 1)")
+        if not self.bos_peak >= 0:
+            raise MixDQError(f"bos_peak must be >= 0, got {self.bos_peak}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         return cls(**data)
 
 
@@ -84,26 +86,17 @@ def _step_generator(seed: int, stage: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + stage) * 1_000_033 + step)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    return torch.load(path, weights_only=False) if path.is_file() else None
-
-
 def train_vae(pipe, cfg: TrainConfig, work_dir: Path) -> None:
     """Train ``pipe.vae`` to reconstruct dataset images, then set its latent scaling factor.
 
-    Resumes from ``work_dir/vae.pt`` if present.
+    Resumes from ``work_dir/vae.safetensors`` if present.
     """
     vae = pipe.vae
     data = ShapesDataset(seed=cfg.seed, split="all")
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    ckpt_path = work_dir / "vae.pt"
+    ckpt_path = work_dir / "vae.safetensors"
     start = 0
-    state = _load_checkpoint(ckpt_path)
+    state = load_state(ckpt_path)
     if state is not None:
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
@@ -126,8 +119,8 @@ def train_vae(pipe, cfg: TrainConfig, work_dir: Path) -> None:
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.5f}", refresh=False)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            _save_checkpoint(ckpt_path, {"step": step + 1, "vae": vae.state_dict(),
-                                         "opt": opt.state_dict()})
+            save_state(ckpt_path, {"step": step + 1, "vae": vae.state_dict(),
+                                   "opt": opt.state_dict()})
     vae.eval()
     with torch.no_grad():
         images, _ = ShapesDataset(seed=cfg.seed + 1, split="all").batch(0, cfg.scale_images)
@@ -211,7 +204,10 @@ class _Ema:
 
 def train_unet(pipe, cfg: TrainConfig, work_dir: Path) -> None:
     """Train the UNet and both text encoders for 1-4 step generation; the EMA weights are left
-    in ``pipe``. Resumes from ``work_dir/unet.pt`` if present."""
+    in ``pipe``. Resumes from ``work_dir/unet.safetensors`` if present.
+
+    ``pipe`` comes from :func:`quant.proxy.model.build_untrained` (BOS outlier installed, noise
+    pass-through initialised); the BOS embedding rows are restored after every step."""
     pipe.scheduler.register_to_config(prediction_type=cfg.prediction_type)
     modules = [pipe.unet, pipe.text_encoder, pipe.text_encoder_2]
     pipe.vae.requires_grad_(False)
@@ -222,9 +218,9 @@ def train_unet(pipe, cfg: TrainConfig, work_dir: Path) -> None:
                             betas=(0.9, 0.99), weight_decay=0.0)
     peaks = [cfg.unet_lr, cfg.text_lr]
     ema = _Ema(params, cfg.ema_decay)
-    ckpt_path = work_dir / "unet.pt"
+    ckpt_path = work_dir / "unet.safetensors"
     start = 0
-    state = _load_checkpoint(ckpt_path)
+    state = load_state(ckpt_path)
     if state is not None:
         for m, sd in zip(modules, state["modules"]):
             m.load_state_dict(sd)
@@ -253,12 +249,13 @@ def train_unet(pipe, cfg: TrainConfig, work_dir: Path) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        install_bos_outlier(pipe, cfg.bos_peak)  # the outlier is fixed, not learned
         ema.update(step)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
-            _save_checkpoint(ckpt_path, {"step": step + 1, "opt": opt.state_dict(),
-                                         "modules": [m.state_dict() for m in modules],
-                                         "ema": ema.shadow})
+            save_state(ckpt_path, {"step": step + 1, "opt": opt.state_dict(),
+                                   "modules": [m.state_dict() for m in modules],
+                                   "ema": ema.shadow})
     ema.copy_to_params()
     for m in modules:
         m.eval()

@@ -56,6 +56,7 @@ class Measurer:
     def __init__(self, pipe, calib, config: SensitivityConfig, layers: list[str], *,
                  quantized_base: str | Path | None = None, device: torch.device,
                  dtype: torch.dtype):
+        calib.check_model(pipe.unet)
         self.pipe, self.calib, self.config = pipe, calib, config
         guard = getattr(pipe, "mixdq_guard", None)
         if guard is not None:  # a non-finite output is a measurement (-inf dB) here, not an error

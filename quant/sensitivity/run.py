@@ -23,11 +23,11 @@ import math
 import time
 from pathlib import Path
 
-from ..calib.store import MANIFEST
 from ..errors import MixDQError
 from ..models.spec import ModelSpec
 from ..utils.io import write_json, write_text
 from ..utils.distributed import Distributed
+from ..utils.records import first_difference
 from .config import SensitivityConfig
 from .results import LayerLog, format_protect, protect_list, read_logs, write_csv
 
@@ -129,13 +129,12 @@ def _settings(spec: ModelSpec, calib, config: SensitivityConfig, quantized_base,
         from ..checkpoint import CONFIG_FILE, read_config
 
         read_config(quantized_base)
-        base = {"path": str(quantized_base),
-                "config_sha256": _digest((Path(quantized_base) / CONFIG_FILE).read_bytes())}
+        # by content, not by path: a moved or differently spelled folder resumes
+        base = {"config_sha256": _digest((Path(quantized_base) / CONFIG_FILE).read_bytes())}
     # a LoRA changes the weights: recorded (only when there is one, so older parts still match)
     lora = {} if spec.lora is None else {"lora": {"path": spec.lora, "scale": spec.lora_scale}}
     return {"format": FORMAT, "version": VERSION, "model": spec.model, **lora,
-            "calibration": {"path": str(calib.path),
-                            "manifest_sha256": _digest((calib.path / MANIFEST).read_bytes())},
+            "calibration": {"fingerprint": calib.fingerprint()},
             "quantized_base": base, "config": config.to_dict(), "device": device.type,
             "dtype": str(dtype).removeprefix("torch."), "layers": len(names),
             "layers_sha256": _digest("\n".join(names).encode())}
@@ -150,9 +149,9 @@ def _check_settings(parts: Path, settings: dict, dist: Distributed) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             raise MixDQError(f"{path} is unreadable; delete {parts} to start over") from None
-    if old is not None and old != settings:
-        key = next(k for k in settings if old.get(k) != settings[k])
-        raise MixDQError(f"{parts} holds a sensitivity run with different settings ({key}); "
+    diff = None if old is None else first_difference(old, settings)
+    if diff:
+        raise MixDQError(f"{parts} holds a sensitivity run with different settings ({diff}); "
                          f"use another --out or delete {parts} to start over")
     dist.barrier()
     if old is None and dist.main:
@@ -192,6 +191,7 @@ def run_sensitivity(model: ModelSpec | str, calib_dir: str | Path, out: str | Pa
     calib = CalibrationData(calib_dir)
     with Distributed(spec.device) as dist:
         pipe = spec.load(device=dist.device)
+        calib.check_model(pipe.unet)
         names = config.select(list(quantizable_layers(pipe.unet)))
         unet_dtype = pipe.unet.dtype
         settings = _settings(spec, calib, config, quantized_base, dist.device, unet_dtype, names)

@@ -10,6 +10,7 @@ from ..bitalloc import (AllocConfig, Budget, SensitivityTable, cost_range, read_
                         sweep, write_front)
 from ..bitalloc import allocate as solve
 from ..errors import MixDQError
+from ..models.spec import ModelSpec
 from ..options import Options
 
 
@@ -78,8 +79,16 @@ class AllocateOptions(Options):
 
 
 def allocate(options: AllocateOptions, sensitivity_csv: str | Path, out: str | Path, *,
-             log: Callable[[str], None] = print):
+             model: ModelSpec | None = None, log: Callable[[str], None] = print):
     """Write the bit map ``out`` (.json/.yaml), or with ``sweep`` the front ``out`` (.csv + .png).
+
+    Args:
+        options: budgets and allocation settings.
+        sensitivity_csv: the sensitivity stage's table.
+        out: the bit map, or with ``sweep`` the front's CSV (its plot beside it).
+        model: the model the table was measured on, when known: the table must then have every
+            quantizable layer of its UNet (a bit map without one would be refused by quantize).
+        log: where progress lines go.
 
     Returns:
         The :class:`quant.bitalloc.Allocation`, or with ``sweep`` the fronts per target.
@@ -90,7 +99,10 @@ def allocate(options: AllocateOptions, sensitivity_csv: str | Path, out: str | P
         raise MixDQError(f"--out {out}: with --sweep, give a .csv file name")
     if not options.sweep and out.suffix.lower() not in (".json", ".yaml", ".yml"):
         raise MixDQError(f"--out {out}: use a .json or .yaml file name for the bit map")
+    _refuse_overwriting_inputs(out, options, sensitivity_csv)
     table = SensitivityTable.read(sensitivity_csv)
+    if model is not None:
+        table.check_layers(model.unet_layers(), source=f"sensitivity table {sensitivity_csv}")
     protected = read_protect_list(options.protect, table.layers) if options.protect else []
 
     if options.sweep:
@@ -121,3 +133,17 @@ def allocate(options: AllocateOptions, sensitivity_csv: str | Path, out: str | P
     log(f"wrote {out} ({len(result.bit_map)} layers, {len(protected)} activations kept in "
         f"floating point)")
     return result
+
+
+def _refuse_overwriting_inputs(out: Path, options: AllocateOptions, sensitivity_csv) -> None:
+    """``--out`` (and, with ``sweep``, the plot written beside it) must not be an input file."""
+    written = [out] + ([out.with_suffix(".png")] if options.sweep else [])
+    inputs = {"--sensitivity": sensitivity_csv, "--protect": options.protect,
+              "--config": options.config}
+    for flag, given in inputs.items():
+        if given is None:
+            continue
+        for target in written:
+            if target.resolve() == Path(given).resolve():
+                raise MixDQError(f"--out {out}: would overwrite the {flag} input {given}; "
+                                 f"give another file name")

@@ -9,7 +9,7 @@ from typing import Callable, Mapping
 
 from ..errors import MixDQError
 from ..models.spec import ModelSpec
-from ..options import Options
+from ..options import Options, check_generation
 
 EXECUTIONS = ("auto", "kernels", "simulate")
 
@@ -61,6 +61,7 @@ class BenchmarkOptions(Options):
         self.choice("execution", EXECUTIONS)
         self.positive("num_prompts", "steps", "resolution", "batch_size", "metric_batch_size",
                       "grid_rows", "latency_repeats")
+        check_generation(self)
         if self.latency_warmup < 0:
             raise self.fail("latency_warmup", f"must be >= 0, got {self.latency_warmup}")
 

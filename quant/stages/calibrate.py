@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..models.spec import ModelSpec
-from ..options import Options
+from ..options import Options, check_generation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class CalibrateOptions(Options):
 
     def check(self):
         self.positive("num_prompts", "steps", "resolution", "batch_size")
+        check_generation(self)
 
 
 def calibrate(model: ModelSpec, options: CalibrateOptions, out: str | Path, *,

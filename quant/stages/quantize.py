@@ -56,15 +56,39 @@ class QuantizeOptions(Options):
             raise self.fail("momentum", f"must be in [0, 1], got {self.momentum}")
 
 
+def stage_settings(model: ModelSpec, options: QuantizeOptions, data, bit_map: BitMap | None
+                   ) -> dict:
+    """What the checkpoint depends on, with no path in it: the model and LoRA, the compute
+    dtype, the calibration (by its fingerprint), the bits (the bit map's content) and the
+    calibration options. Recorded as ``settings`` in ``quant_config.json``."""
+    from ..precision import default_device, resolve_dtype
+    from ..utils.records import json_digest
+
+    device = model.device or default_device()
+    dtype = str(resolve_dtype(device, model.dtype)).removeprefix("torch.")
+    bits = ({"bit_map_sha256": json_digest(bit_map.to_dict())} if bit_map is not None
+            else {"w_bits": options.w_bits, "a_bits": options.a_bits})
+    return {"model": model.model, "lora": model.lora, "lora_scale": model.lora_scale,
+            "dtype": dtype, "calibration": data.fingerprint(), **bits,
+            "bos": not options.no_bos, "weight_scale": options.weight_scale,
+            "momentum": options.momentum, "batch_size": options.batch_size,
+            "range_reduction": options.range_reduction,
+            "timestep_ranges": options.timestep_ranges}
+
+
 def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out: str | Path, *,
              log: Callable[[str], None] = print) -> Path:
     """Quantize the model's UNet, calibrated on ``calib``, and write the checkpoint ``out``.
+
+    A checkpoint already at ``out`` with the same settings (:func:`stage_settings`) whose files
+    verify is kept and nothing is computed; one with other settings is refused before anything
+    is loaded, naming the first difference.
 
     Returns:
         The checkpoint folder (``quant.load_pipeline(model, quantized=out)`` loads it).
     """
     from ..calib import CalibrationData
-    from ..checkpoint import save_quantized
+    from ..checkpoint import finished_checkpoint, save_quantized
     from ..multistep import step_sqnr
     from ..quantize import quantize_unet
     from ..report import quantization_report
@@ -73,6 +97,11 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
 
     data = CalibrationData(calib)
     bit_map = BitMap.load(options.bit_map) if options.bit_map else None
+    settings = stage_settings(model, options, data, bit_map)
+    if finished_checkpoint(out, settings):
+        log(f"{out} already holds this checkpoint (same settings, files verified); "
+            f"nothing to do")
+        return Path(out)
     unet = model.load().unet
     baseline = fp16_bytes(unet)  # before quantization: the UNet's own parameters as fp16
     if bit_map is None:
@@ -87,7 +116,7 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
                   timestep_ranges=options.timestep_ranges, progress=not options.no_progress)
     sqnr, per_step = step_sqnr(unet, data, options.batch_size)
     reduction = resolve_reduction(options.range_reduction, data.steps)
-    meta = {"calibration": str(calib), "calibration_samples": len(data),
+    meta = {"settings": settings, "calibration_samples": len(data),
             "bos": not options.no_bos, "weight_scale": options.weight_scale,
             "momentum": options.momentum, "range_reduction": reduction,
             "timestep_ranges": options.timestep_ranges and data.steps > 1,

@@ -101,8 +101,17 @@ def test_shards_partition_the_indices(n, batch, world):
 
 
 def test_missing_images_of_a_shard(tmp_path):
+    import json
+
+    from quant.utils.io import file_digest
+    records = {}
     for i in (0, 3):
         Image.new("RGB", (4, 4)).save(image_path(tmp_path, i))
+        path = image_path(tmp_path, i)
+        records[path.name] = {"bytes": path.stat().st_size, "sha256": file_digest(path),
+                              "seconds": 0.5}
+    Image.new("RGB", (4, 4)).save(image_path(tmp_path, 4))  # on disk, never recorded
+    (tmp_path / "images.json").write_text(json.dumps(records))
     assert missing_images(tmp_path, 6) == [1, 2, 4, 5]
     assert missing_images(tmp_path, 6, Shard(1, 2)) == [1, 5]
 
@@ -118,7 +127,155 @@ def test_inline_prompt_errors():
 
 
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(batch_size=0), dict(resolution=30),
-                                    dict(guidance=-1.0)])
+                                    dict(guidance=-1.0), dict(guidance=float("nan")),
+                                    dict(resolution=100000)])
 def test_bad_settings(kwargs):
     with pytest.raises(MixDQError):
         GenerationSettings(**kwargs)
+
+
+def test_resume_redoes_broken_images_and_counts_all_seconds(tiny_pipe, coco_prompts, tmp_path):
+    from quant.bench.generation import generation_seconds, read_records
+
+    prompts = coco_prompts[:4]
+    settings = GenerationSettings(batch_size=1, seed=7)
+    clean, part = tmp_path / "clean", tmp_path / "part"
+    generate_images(lambda: tiny_pipe, prompts, clean, settings)
+    with _Interrupt(tiny_pipe.unet, calls=2), pytest.raises(KeyboardInterrupt):
+        generate_images(lambda: tiny_pipe, prompts, part, settings)
+    first = generation_seconds(part)
+    assert sorted(read_records(part)) == ["00000.png", "00001.png"] and first > 0
+    image_path(part, 1).write_bytes(b"")  # a 0-byte PNG (disk full, bad copy...)
+    (part / ".00002.png.k1ll3d.tmp").write_bytes(b"half")  # a write a kill interrupted
+    assert generate_images(lambda: tiny_pipe, prompts, part, settings) == 3
+    assert _files(part) == _files(clean)
+    assert not list(part.glob(".*"))
+    records = read_records(part)
+    assert sorted(records) == [f"{i:05d}.png" for i in range(4)]
+    # image 0 kept its first-run time: the total covers both runs, not only the resumed part
+    assert generation_seconds(part) == pytest.approx(sum(r["seconds"] for r in records.values()))
+    assert records["00000.png"]["seconds"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_w8a8(tiny_dir, tmp_path_factory):
+    """A W8A8 checkpoint of the tiny UNet calibrated on two bundled-style prompts."""
+    from quant.bitmap import BitMap
+    from quant.calib import CalibrationData, record_calibration
+    from quant.checkpoint import save_quantized
+    from quant.models import load_fp_pipeline
+    from quant.quantize import quantize_unet
+    from quant.structure import quantizable_layers
+
+    root = tmp_path_factory.mktemp("w8a8")
+    pipe = load_fp_pipeline(str(tiny_dir), device="cpu")
+    record_calibration(pipe, ["a red bus", "a cat"], root / "calib", batch_size=2,
+                       model_name="tiny", progress=False)
+    data = CalibrationData(root / "calib")
+    quantize_unet(pipe.unet, BitMap.preset(quantizable_layers(pipe.unet), "W8A8"),
+                  data.batches(2), progress=False)
+    return save_quantized(pipe.unet, root / "q", base_model=str(tiny_dir))
+
+
+def test_benchmark_checks_fingerprints_before_generating(tiny_w8a8, tmp_path):
+    from quant.bench import (BenchmarkConfig, MetricModels, fp_variant, quantized_variant,
+                             run_benchmark)
+
+    config = BenchmarkConfig(out_dir=str(tmp_path), latency=False, clip=False, fid=False,
+                             device="cpu")
+    # the checkpoint was made from tiny; the reference is the proxy (same layers, other weights)
+    variants = [fp_variant("proxy", device="cpu"),
+                quantized_variant("proxy", tiny_w8a8, device="cpu", name="w8")]
+    with pytest.raises(MixDQError, match="variant w8: checkpoint .* was made from a different "
+                                         "UNet .* than the reference fp"):
+        run_benchmark(variants, ["a cat", "a dog"], config, models=MetricModels())
+    assert not list(tmp_path.rglob("*.png"))  # refused before any image was made
+
+
+def test_benchmark_reports_are_reproducible(tiny_dir, tiny_w8a8, tmp_path):
+    import json
+
+    from quant.bench import (BenchmarkConfig, MetricModels, fp_variant, quantized_variant,
+                             run_benchmark)
+
+    reports = []
+    for run in ("a", "b"):
+        config = BenchmarkConfig(out_dir=str(tmp_path / run), latency=False, clip=False,
+                                 fid=False, device="cpu", grid_rows=2)
+        variants = [fp_variant(str(tiny_dir), device="cpu"),
+                    quantized_variant(str(tiny_dir), tiny_w8a8, device="cpu", name="w8")]
+        run_benchmark(variants, ["a cat", "a dog on a beach"], config, models=MetricModels())
+        reports.append(tmp_path / run)
+    a, b = reports
+    for name in ("grid.png", "images/fp/00000.png", "images/w8/00001.png",
+                 "images/fp/manifest.json", "images/w8/manifest.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ja, jb = (json.loads((r / "report.json").read_text()) for r in (a, b))
+    # the timing fields are the only ones that may differ; everything else is the same, in the
+    # same order, apart from the output folder named in the settings and notes
+    timing = ("generation_seconds",)
+    def strip(j, r):
+        return json.loads(json.dumps({k: v for k, v in j.items() if k not in timing})
+                          .replace(str(r), "OUT"))
+    assert strip(ja, a) == strip(jb, b)
+    assert list(ja) == list(jb) and ja["generation_seconds"] > 0
+
+
+def test_benchmark_resumes_with_its_checkpoint_moved(tiny_dir, tiny_w8a8, tmp_path):
+    """The image manifests identify a checkpoint by its content, not by where it lies: the
+    same checkpoint copied elsewhere (or the path spelled another way) reuses every image."""
+    import dataclasses
+    import shutil
+
+    from quant.bench import (BenchmarkConfig, MetricModels, fp_variant, quantized_variant,
+                             run_benchmark)
+
+    config = BenchmarkConfig(out_dir=str(tmp_path / "out"), latency=False, clip=False,
+                             fid=False, device="cpu", grid_rows=2)
+    prompts = ["a cat", "a dog"]
+    run_benchmark([fp_variant(str(tiny_dir), device="cpu"),
+                   quantized_variant(str(tiny_dir), tiny_w8a8, device="cpu", name="w8")],
+                  prompts, config, models=MetricModels())
+    images = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")}
+    moved = shutil.copytree(tiny_w8a8, tmp_path / "elsewhere" / "q")
+
+    def never():
+        raise AssertionError("a complete benchmark loads no pipeline")
+
+    variants = [fp_variant(str(tiny_dir), device="cpu"),
+                quantized_variant(str(tiny_dir), moved, device="cpu", name="w8")]
+    report = run_benchmark([dataclasses.replace(v, load=never) for v in variants], prompts,
+                           config, models=MetricModels())
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")} == images
+    assert report["variants"][1]["source"]["quantized"] == str(moved.resolve())
+
+
+def test_grid_labels_fit_their_cells(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quant.bench.report import grid_label, save_grid
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(image_path(folder, i))
+    prompts = ["a cat " * 200, "Supercalifragilisticexpialidocious" * 4]
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    save_grid(tmp_path / "grid.png", {"v": folder}, prompts, rows=2)
+    fig = figures[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = fig.bbox
+    texts = [t for ax in fig.axes for t in ax.texts]
+    assert len(texts) == 2
+    for t in texts:
+        extent = t.get_window_extent(renderer)
+        assert extent.x0 >= box.x0 and extent.x1 <= box.x1, t.get_text()
+        assert extent.y0 >= box.y0 and extent.y1 <= box.y1, t.get_text()
+    label = grid_label(prompts[0])
+    assert len(label.splitlines()) == 8 and label.endswith("...")
+    assert all(len(line) <= 26 for line in grid_label(prompts[1]).splitlines())

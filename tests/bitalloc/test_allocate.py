@@ -192,3 +192,38 @@ def test_one_side_only(make_table):
     assert a_only.weight is None and {lb.w for lb in a_only.bit_map.layers.values()} == {None}
     with pytest.raises(MixDQError, match="give a weight budget, an activation budget, or both"):
         allocate(table, None, None)
+
+
+def _noisy_table(make_table):
+    """Content layers whose 8-bit SSIM is 1e-8 *below* their 4-bit SSIM (measurement noise)."""
+    table = make_table(3, layers=6)
+    for name in table.layers:
+        m = table.get(name, "weight")
+        if m.ssim:
+            m.ssim[8] = m.ssim[4] - 1e-8
+        m.sqnr_db[8] = m.sqnr_db[4] - 1e-8
+    return table
+
+
+@pytest.mark.parametrize("mode", ["joint", "split"])
+def test_a_budget_for_every_layers_most_bits_gives_them(make_table, mode):
+    table = _noisy_table(make_table)
+    config = AllocConfig(mode=mode)
+    lo, hi, total = cost_range(table, "weight", config)
+    for budget in (Budget.bits("8"), Budget.bits("16")):
+        r = allocate_target(table, "weight", budget, config)
+        assert set(r.bits.values()) == {8}, r.bits
+        assert r.cost == hi and r.status == "Optimal"
+
+
+def test_solver_breaks_exact_ties_toward_more_bits():
+    from quant.bitalloc.solver import solve_mckp
+
+    # layer 0: 4 and 8 bits equally good; layer 1: 8 bits clearly better. Budget fits one upgrade
+    # beyond layer 1's: the tie goes to more bits.
+    losses = [[1.0, 0.5, 0.5], [1.0, 0.6, 0.1]]
+    costs = [[2, 4, 8], [2, 4, 8]]
+    sol = solve_mckp(losses, costs, capacity=16)
+    assert sol.picks == [2, 2] and sol.cost == 16 and sol.loss == pytest.approx(0.6)
+    sol = solve_mckp(losses, costs, capacity=12)
+    assert sol.picks == [1, 2] and sol.cost == 12

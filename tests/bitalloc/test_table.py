@@ -119,3 +119,18 @@ def test_infinite_sqnr_from_the_sensitivity_stage_is_clamped():
     t = parse(body)
     assert t.get("conv_in", "weight").sqnr_db[8] == 200.0
     assert t.get("conv_in", "act").sqnr_db[8] == -100.0
+
+
+def test_missing_layers_and_encodings_are_refused(tmp_path):
+    t = parse(GOOD)
+    t.check_layers(["a.attn2.to_k", "conv_in"])
+    with pytest.raises(MixDQError, match=r"S.csv: layer conv_out of the model is missing "
+                                         r"\(1 of 3 layers missing\)"):
+        t.check_layers(["a.attn2.to_k", "conv_in", "conv_out"], source="S.csv")
+    (tmp_path / "s.csv").write_bytes((HEADER + "caf\xe9,quality,weight,8,50,,432\n")
+                                     .encode("latin-1"))
+    with pytest.raises(MixDQError, match="not UTF-8 text"):
+        SensitivityTable.read(tmp_path / "s.csv")
+    (tmp_path / "p.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(MixDQError, match="protect list .* not UTF-8 text"):
+        read_protect_list(tmp_path / "p.txt", ["conv_in"])

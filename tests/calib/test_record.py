@@ -241,3 +241,41 @@ def test_recorder_hook_object_removes_its_handles(pipe):
     assert hook_count(pipe.unet) == hooks
     assert len(calls) == 1 and calls[0]["sample"].shape == (1, 4, 16, 16)
     assert rec.take() == []
+
+
+def test_resume_verifies_reused_files(pipe, tmp_path):
+    prompts = ["a dog", "a cat", "a cow", "a fox", "an owl"]
+    kwargs = dict(steps=1, guidance=0.0, batch_size=2, seed=3, model_name="tiny", progress=False)
+    clean = record_calibration(pipe, prompts, tmp_path / "clean", **kwargs)
+    part = tmp_path / "part"
+    with StopAfter(pipe.unet, 2), pytest.raises(KeyboardInterrupt):
+        record_calibration(pipe, prompts, part, **kwargs)
+    # what a crash, a full disk or a careless copy could leave: a truncated shard, a 0-byte PNG
+    shard = part / "shards" / "00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    (part / "images" / "00003.png").write_bytes(b"")
+    (part / "shards" / "00001.safetensors").write_bytes(
+        (clean / "shards" / "00001.safetensors").read_bytes())  # batch 1 done, image 3 broken
+    with StopAfter(pipe.unet, 10**6) as counter:
+        record_calibration(pipe, prompts, part, **kwargs)
+    assert counter.calls == 3  # batches 0 (bad shard), 1 (bad image) and 2 (never made)
+    assert folder_bytes(part) == folder_bytes(clean)
+    # a finished folder whose file changed in place is repaired by the same command
+    image = part / "images" / "00004.png"
+    image.write_bytes(image.read_bytes()[:-4] + b"\0\0\0\0")
+    with StopAfter(pipe.unet, 10**6) as counter:
+        record_calibration(pipe, prompts, part, **kwargs)
+    assert counter.calls == 1
+    assert folder_bytes(part) == folder_bytes(clean)
+    manifest = json.loads((clean / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == [f"images/{i:05d}.png" for i in range(5)] + [
+        f"shards/{i:05d}.safetensors" for i in range(3)]
+    assert manifest["unet"]["weights_sha256"] == quant.checkpoint.unet_hash(pipe.unet)
+
+
+def test_quantize_cli_refuses_calibration_of_another_model(recorded, tmp_path, capsys):
+    code = main(["quantize", "--model", "proxy", "--calib", str(recorded), "--w-bits", "8",
+                 "--a-bits", "8", "--no-progress", "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "recorded with another model ('tiny'" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()

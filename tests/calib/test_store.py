@@ -119,5 +119,40 @@ def test_missing_incomplete_and_malformed_folders(recorded, tmp_path):
     with pytest.raises(MixDQError, match="lacks shards/00001.safetensors"):
         CalibrationData(copy)
     (copy / "shards" / "00001.safetensors").write_bytes(b"garbage")
+    with pytest.raises(MixDQError, match="00001.safetensors has 7 bytes, .* were written"):
+        CalibrationData(copy)
+    # without recorded sizes (an older folder) the shard itself is found unreadable
+    (copy / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items()
+                                                    if k != "files"}))
     with pytest.raises(MixDQError, match="unreadable calibration shard"):
         list(CalibrationData(copy).batches(4))
+
+
+def test_changed_bytes_and_other_models_are_refused(recorded, pipe, tmp_path):
+    import copy as copy_module
+    import shutil
+
+    from quant.quantize import output_sqnr
+
+    copy = tmp_path / "copy"
+    shutil.copytree(recorded, copy)
+    shard = copy / "shards" / "00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # same size, one flipped byte
+    shard.write_bytes(bytes(data))
+    with pytest.raises(MixDQError, match="00000.safetensors does not match the sha256"):
+        list(CalibrationData(copy).batches(4))
+    image = copy / "images" / "00001.png"
+    image.write_bytes(image.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(MixDQError, match="00001.png does not match the sha256"):
+        CalibrationData(copy).reference_images()
+    # the recorded model passes; the same architecture with other weights does not
+    data = CalibrationData(recorded)
+    data.check_model(pipe.unet)
+    other = copy_module.deepcopy(pipe.unet)
+    with torch.no_grad():
+        other.conv_in.weight.mul_(1.01)
+    with pytest.raises(MixDQError, match="recorded with another model .*UNet weights differ"):
+        data.check_model(other)
+    with pytest.raises(MixDQError, match="recorded with another model"):
+        output_sqnr(other, data.batches(4))

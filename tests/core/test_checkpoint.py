@@ -72,7 +72,7 @@ def test_files_are_packed_safetensors(mixed):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [WEIGHTS_FILE, CONFIG_FILE, BITMAP_FILE, "report.txt"])
     config = json.loads((out / CONFIG_FILE).read_text())
-    assert config["format"] == "mixdq-quantized-unet" and config["version"] == 1
+    assert config["format"] == "mixdq-quantized-unet" and config["version"] == 2
     assert config["base_model"] == "tiny" and config["note"] == "test"
     assert config["unet_hash"] == unet.mixdq_base_hash and config["toolkit_version"]
     assert BitMap.load(out / BITMAP_FILE).to_dict() == _mixed_bit_map(unet).to_dict()
@@ -182,7 +182,7 @@ def test_bad_layer_entries(mixed, fp_unet, tmp_path):
     tensors = load_file(bad / WEIGHTS_FILE)
     del tensors[f"{name}.wscale"]
     save_file(tensors, bad / WEIGHTS_FILE)
-    with pytest.raises(MixDQError, match=f"missing tensor {name}.wscale"):
+    with pytest.raises(MixDQError, match=f"tensor {name}.wscale listed in .* is missing"):
         load_quantized(fp_unet, bad)
 
 
@@ -195,7 +195,7 @@ def test_save_refuses_to_clobber_other_folders(mixed, tmp_path, fp_unet):
     with pytest.raises(MixDQError, match="no quantized layers"):
         save_quantized(fp_unet, tmp_path / "x", base_model="tiny")
     again = save_quantized(unet, tmp_path / "ckpt", base_model="tiny")
-    save_quantized(unet, again, base_model="tiny")  # replacing a checkpoint is fine
+    save_quantized(unet, again, base_model="tiny")  # the same checkpoint again is a no-op
     assert (again / CONFIG_FILE).is_file()
 
 
@@ -208,3 +208,107 @@ def test_load_on_device(mixed, fp_unet, calib_batches, device):
         assert torch.equal(y, _outputs(unet, calib_batches[:1])[0])
     else:
         assert torch.allclose(y.cpu(), _outputs(unet, calib_batches[:1])[0], atol=1e-3)
+
+
+def _rewrite(folder, edit):
+    """Apply ``edit(tensors)`` to a checkpoint's tensors and save them back (config untouched)."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(folder / WEIGHTS_FILE)
+    edit(tensors)
+    save_file(tensors, folder / WEIGHTS_FILE)
+
+
+def test_tensor_dtype_bits_and_hash_are_checked(mixed, fp_unet, tmp_path):
+    _, out = mixed
+    config = json.loads((out / CONFIG_FILE).read_text())
+    w8 = next(n for n, e in config["layers"].items() if e["w"] in (5, 8))
+    w4 = next(n for n, e in config["layers"].items() if e["w"] == 4)
+    act = next(n for n, e in config["layers"].items() if e["a"] is not None)
+    cases = {
+        # a scale stored as I32 instead of F32
+        "i32": (lambda t: t.__setitem__(f"{w8}.wscale", t[f"{w8}.wscale"].to(torch.int32)),
+                f"tensor {w8}.wscale is stored as I32, expected F32"),
+        # a 4-bit layer holding 8-bit values (one int8 per value)
+        "bits": (lambda t: t.__setitem__(f"{w4}.qweight", torch.zeros(
+                    (t[f"{w4}.qweight"].shape[0], 2 * t[f"{w4}.qweight"].shape[1]),
+                    dtype=torch.int8)),
+                 f"tensor {w4}.qweight is stored as I8, expected U8"),
+        # flipped weight bytes
+        "flip": (lambda t: t.__setitem__(f"{w8}.qweight", t[f"{w8}.qweight"] ^ 1),
+                 f"tensor {w8}.qweight does not match its recorded sha256"),
+        "zp": (lambda t: t.__setitem__(f"{act}.act_zero_point",
+                                        t[f"{act}.act_zero_point"].to(torch.int64)),
+               f"tensor {act}.act_zero_point is stored as I64, expected I32"),
+        "extra": (lambda t: t.__setitem__("conv_in.smuggled", torch.zeros(1)),
+                  "tensor conv_in.smuggled of unet_quant.safetensors is not listed"),
+    }
+    for tag, (edit, message) in cases.items():
+        bad = _broken_copy(out, tmp_path / tag)
+        _rewrite(bad, edit)
+        with pytest.raises(MixDQError, match=message.replace(".", r"\.")) as info:
+            load_quantized(copy.deepcopy(fp_unet), bad)
+        assert "\n" not in str(info.value)
+    # an 8-bit-stored 5-bit layer whose config claims 5 bits but whose codes use 8 bits
+    w5 = next((n for n, e in config["layers"].items() if e["w"] == 5), None)
+    if w5 is not None:
+        bad = _broken_copy(out, tmp_path / "range")
+        c = copy.deepcopy(config)
+
+        def widen(t):
+            q = t[f"{w5}.qweight"].clone()
+            q.view(-1)[0] = 100
+            t[f"{w5}.qweight"] = q
+            from quant.checkpoint import _tensor_record
+            c["tensors"][f"{w5}.qweight"] = _tensor_record(q)
+        _rewrite(bad, widen)
+        (bad / CONFIG_FILE).write_text(json.dumps(c))
+        with pytest.raises(MixDQError, match=f"{w5}.qweight holds values in .* outside the "
+                                             f"5-bit range"):
+            load_quantized(copy.deepcopy(fp_unet), bad)
+
+
+def test_checkpoint_bytes_are_reproducible_and_0644(mixed, tmp_path):
+    import os
+    unet, out = mixed
+    again = save_quantized(unet, tmp_path / "again", base_model="tiny", metadata={"note": "test"})
+    for name in (WEIGHTS_FILE, CONFIG_FILE, BITMAP_FILE, "report.txt"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (WEIGHTS_FILE, CONFIG_FILE, BITMAP_FILE, "report.txt"):
+        assert (again / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_save_onto_existing_checkpoint(mixed, tmp_path):
+    unet, out = mixed
+    ckpt = _broken_copy(out, tmp_path / "ckpt")
+    (ckpt / "notes.txt").write_text("mine")
+    before = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}
+    # same settings: nothing rewritten, the user's file kept
+    save_quantized(unet, ckpt, base_model="tiny", metadata={"note": "test"})
+    assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == before
+    # same settings but a damaged file: only the checkpoint's files are restored
+    (ckpt / WEIGHTS_FILE).write_bytes(b"junk")
+    save_quantized(unet, ckpt, base_model="tiny", metadata={"note": "test"})
+    assert (ckpt / WEIGHTS_FILE).read_bytes() == (out / WEIGHTS_FILE).read_bytes()
+    assert (ckpt / "notes.txt").read_text() == "mine"
+    # other settings: refused, nothing touched
+    with pytest.raises(MixDQError, match="made with other settings \\(note: 'test' there, "
+                                         "'other' now\\)"):
+        save_quantized(unet, ckpt, base_model="tiny", metadata={"note": "other"})
+    with pytest.raises(MixDQError, match="other settings \\(base_model"):
+        save_quantized(unet, ckpt, base_model="elsewhere", metadata={"note": "test"})
+    assert (ckpt / CONFIG_FILE).read_bytes() == (out / CONFIG_FILE).read_bytes()
+    assert (ckpt / "notes.txt").read_text() == "mine"
+
+
+def test_stale_temporaries_are_cleaned(mixed, tmp_path):
+    unet, _ = mixed
+    (tmp_path / ".ckpt.abc123.tmp").mkdir()           # a killed save of a new checkpoint
+    (tmp_path / ".ckpt.abc123.tmp" / WEIGHTS_FILE).write_bytes(b"half")
+    (tmp_path / ".other.x.tmp").write_text("not ours")
+    save_quantized(unet, tmp_path / "ckpt", base_model="tiny")
+    (tmp_path / "ckpt" / ".unet_quant.safetensors.zz.tmp").write_bytes(b"half")
+    save_quantized(unet, tmp_path / "ckpt", base_model="tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x.tmp", "ckpt"]
+    assert not list((tmp_path / "ckpt").glob(".*"))

@@ -97,3 +97,46 @@ def test_quantize_errors_are_one_line(tiny_dir, calib_dir, tmp_path, capsys, arg
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("mixdq quantize: error: ") and re.search(match, err), err
     assert not (tmp_path / "q").exists()
+
+
+def test_quantize_skips_a_checkpoint_with_the_same_settings(tiny_dir, calib_dir, tmp_path,
+                                                            monkeypatch, capsys):
+    """The same settings: nothing is loaded or computed, even with the calibration folder
+    moved and its path spelled another way; other settings: refused before any work, naming
+    the setting."""
+    import os
+    import shutil
+
+    from quant.models.spec import ModelSpec
+
+    def quantize(calib, out, *extra):
+        return main(["quantize", "--model", str(tiny_dir), "--calib", str(calib), "--device",
+                     "cpu", "--no-progress", "--w-bits", "8", "--a-bits", "8", *extra,
+                     "--out", str(out)])
+
+    out = tmp_path / "q"
+    assert quantize(calib_dir, out) == 0
+    files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+    loads = []
+    real_load = ModelSpec.load
+    monkeypatch.setattr(ModelSpec, "load", lambda self, *a, **k: (loads.append(1),
+                                                                  real_load(self, *a, **k))[1])
+    moved = shutil.copytree(calib_dir, tmp_path / "elsewhere" / "calib")
+    monkeypatch.chdir(tmp_path)
+    assert quantize(os.path.join("elsewhere", ".", "calib"), "q") == 0
+    assert "already holds this checkpoint" in capsys.readouterr().out
+    assert loads == []
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == files
+    assert quantize(moved, out, "--momentum", "0.9") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "other settings (settings.momentum: 0.95 there, 0.9 now)" in err
+    assert loads == []
+    # damaged weights with the same settings: redone, the same bytes again
+    weights = out / "unet_quant.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert quantize(moved, out) == 0 and loads == [1]
+    assert weights.read_bytes() == files["unet_quant.safetensors"][0]

@@ -51,3 +51,16 @@ def test_cached_folder_reloads_identically(tiny_dir, tiny_pipe):
     loaded = tiny_pipe.unet.state_dict()
     assert all(torch.equal(fresh[k], loaded[k]) for k in fresh)
     assert (tiny_dir / "model_index.json").is_file()
+
+
+def test_killed_build_leftovers_are_cleaned(tmp_path):
+    from quant.models.tiny import TinyConfig, tiny_path
+
+    (tmp_path / ".tiny-abc.x1y2.tmp").mkdir()          # a build killed half-way
+    (tmp_path / ".tiny-abc.x1y2.tmp" / "model_index.json").write_text("{}")
+    (tmp_path / ".tiny-def.zz.tmp").write_bytes(b"half")
+    (tmp_path / "mine.txt").write_text("kept")
+    path = tiny_path(TinyConfig(), cache_dir=tmp_path)
+    assert (path / "model_index.json").is_file()
+    assert (sorted(p.name for p in tmp_path.iterdir())
+            == sorted([".tiny.lock", path.name, "mine.txt"]))

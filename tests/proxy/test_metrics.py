@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from quant.errors import MixDQError
-from quant.proxy.metrics import fidelity, frechet_distance, sqnr_db
+from quant.proxy.metrics import (
+    fidelity,
+    frechet_distance,
+    high_frequency,
+    quality_scores,
+    sqnr_db,
+    wilson_interval,
+)
 
 
 def test_fid_of_identical_sets_is_zero():
@@ -38,3 +45,40 @@ def test_sqnr_and_fidelity():
     assert 30 < worse["psnr_db"] < 50 and worse["ssim"] < 1
     with pytest.raises(MixDQError):
         fidelity(ref[:2], ref)
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-4 and abs(hi - 0.5962) < 1e-4
+    lo, hi = wilson_interval(516, 516)  # all right: the upper end is 1, the lower one below
+    assert hi == 1.0 and abs(lo - 0.99261) < 1e-4
+    assert wilson_interval(0, 10)[0] == 0.0
+    with pytest.raises(MixDQError):
+        wilson_interval(3, 2)
+
+
+def _shapes(n=8):
+    from quant.proxy.metrics import real_images
+
+    return real_images(["a large red circle at the top left",
+                        "a small blue triangle in the center"] * (n // 2), seed=5)
+
+
+def test_quality_score_reacts_to_blur_and_noise_not_identity():
+    import torch.nn.functional as F
+
+    ref = _shapes()
+    same = quality_scores(ref.clone(), ref)
+    assert same["quality"] == 0.0 and same["sharpness"] == 1.0
+    blur = F.avg_pool2d(F.pad(ref, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    noisy = (ref + 0.03 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0)))
+    b, n = quality_scores(blur, ref), quality_scores(noisy.clamp(0, 1), ref)
+    assert b["quality"] > 40 and b["sharpness"] < 0.7  # blur removes the fine detail
+    assert n["quality"] > 40 and n["sharpness"] > 1.2  # noise adds detail that is not there
+    # monotone in the amount of noise
+    more = quality_scores((ref + 0.06 * torch.randn(ref.shape, generator=torch.Generator()
+                                                     .manual_seed(0))).clamp(0, 1), ref)
+    assert more["quality"] > n["quality"]
+    assert high_frequency(torch.full((1, 3, 8, 8), 0.4)).abs().max() < 1e-12
+    with pytest.raises(MixDQError):
+        quality_scores(ref[:2], ref)

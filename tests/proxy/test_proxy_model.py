@@ -44,6 +44,33 @@ def test_bos_row_is_prompt_independent(proxy_pipe_shared):
     assert not torch.allclose(embeds[0, 1:8], embeds[1, 1:8])
 
 
+def test_bos_row_is_an_outlier_that_quant_bos_handles(proxy_pipe_shared):
+    """Like CLIP's in SDXL: the BOS row dwarfs every other token, and the generic BOS observer
+    accepts it as constant (no special case for the proxy)."""
+    from quant.bos import BosObserver
+    from quant.proxy.scenes import HELD_OUT
+
+    embeds = proxy_pipe_shared.encode_prompt(
+        [s.caption for s in HELD_OUT], device="cpu", num_images_per_prompt=1,
+        do_classifier_free_guidance=False)[0]
+    # 16.5x on the shipped weights: training grew the other tokens' peaks to ~2.8 (the row
+    # itself is 46.3); untrained it is above 20x (tests/proxy/test_train.py)
+    assert proxy_model.bos_outlier_ratio(embeds) >= 15
+    assert embeds[:, 0].abs().max() > 0.9 * proxy_model.BOS_PEAK
+    observer = BosObserver()
+    for chunk in embeds.split(3):
+        observer.update(chunk[:, 0])
+    assert torch.equal(observer.constant_row("to_k"), embeds[0, 0])
+
+
+def test_one_step_epsilon_from_the_trailing_timestep(proxy_pipe_shared):
+    sched = proxy_pipe_shared.scheduler
+    assert sched.config.prediction_type == "epsilon"
+    sched.set_timesteps(1)
+    assert sched.timesteps.tolist() == [999]
+    assert abs(float(sched.init_noise_sigma) - 14.6146) < 1e-3  # x0 = x - 14.6 * eps
+
+
 def test_held_out_captions_are_drawn_right(proxy_pipe_shared, proxy_classifier):
     """Content accuracy of one-step full-precision generation on captions never trained on."""
     captions = eval_captions("heldout", 4)
