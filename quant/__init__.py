@@ -18,6 +18,12 @@ _LAZY = {
     "MixDQError": ("quant.errors", "MixDQError"),
 }
 
+__all__ = ["__version__", *_LAZY]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 def __getattr__(name):
     if name in _LAZY:

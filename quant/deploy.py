@@ -24,6 +24,7 @@ from .kernels.loader import load_extension
 from .kernels.modules import BACKENDS, IntConv2d, IntLinear, SliceQuant, cuda_kernels_registered
 from .quantize import set_submodule
 from .utils.io import write_json
+from .utils.sizes import UNIT, format_mb, tensor_bytes
 
 MAX_TAPS = 32  # the conv epilogue keeps a 32-bit mask of in-bounds kernel taps
 
@@ -120,7 +121,7 @@ class DeployReport:
         total = sum(x.bytes for x in self.layers)
         summary = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts().items()))
         lines.append(f"{len(self.layers)} layers ({summary}); layer storage "
-                     f"{total / 2**20:.1f} MiB")
+                     f"{format_mb(total, 1)} {UNIT}")
         return "\n".join(lines)
 
 
@@ -182,11 +183,6 @@ def build_integer_layer(form, backend: str = "kernels") -> nn.Module:
                      tuple(conv["stride"]), padding, tuple(conv["dilation"]), backend)
 
 
-def _module_bytes(module: nn.Module) -> int:
-    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
 @torch.no_grad()
 def convert(unet: nn.Module, config: DeployConfig | None = None) -> tuple[nn.Module, DeployReport]:
     """Replace every simulated quantized layer of ``unet`` by its integer layer, in place.
@@ -216,7 +212,7 @@ def convert(unet: nn.Module, config: DeployConfig | None = None) -> tuple[nn.Mod
             path, reason = fallback
             rows.append(LayerDeployment(name, form.kind, form.w_bits, form.a_bits, path,
                                         "fake quantization" if path == "simulated" else "float",
-                                        reason, _module_bytes(layer)))
+                                        reason, tensor_bytes(layer)))
             continue
         backend = default_backend(device) if config.backend == "auto" else config.backend
         new = build_integer_layer(form, backend).to(device)
@@ -226,7 +222,7 @@ def convert(unet: nn.Module, config: DeployConfig | None = None) -> tuple[nn.Mod
         rows.append(LayerDeployment(name, form.kind, form.w_bits, form.a_bits,
                                     "int4" if int4 else "int8",
                                     _engine(device, int4, pointwise, backend),
-                                    "", _module_bytes(new)))
+                                    "", tensor_bytes(new)))
     if config.merge:
         from .kernels.merge import merge_projections
 

@@ -19,26 +19,28 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import statistics
 import time
 
 import torch
 from torch import nn
 
 from .kernels.shapes import unet_inputs
+from .utils.sizes import MB, megabytes, tensor_bytes
+from .utils.timing import median_ms
 
 VARIANTS = {"fp16": None, "fp16-cl": None, "w8a8": 8, "w4a8": 4}  # fp16-cl: channels last
 
 
 @dataclasses.dataclass
 class UNetResult:
-    """One variant's measurements (milliseconds, MiB); ``note`` says why one is missing."""
+    """One variant's measurements (milliseconds, MB = 10^6 bytes); ``note`` says why one is
+    missing."""
 
     variant: str
     eager_ms: float | None
     graph_ms: float | None
-    weight_mib: float | None
-    peak_mib: float | None
+    weight_mb: float | None
+    peak_mb: float | None
     layers: dict
     resolution: int = 512
     batch: int = 1
@@ -60,21 +62,8 @@ def build_sdxl_unet(seed: int = 0, config: dict | None = None, device: str = "cu
     return unet.to(dtype).eval()
 
 
-def _state_bytes(module: nn.Module) -> int:
-    tensors = {t.data_ptr(): t for t in list(module.parameters()) + list(module.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
 def _time_ms(fn, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_ms(fn, iters, device="cuda")
 
 
 def _quantized(w_bits: int, inputs: dict, backend: str, seed: int):
@@ -113,7 +102,7 @@ def bench_variant(variant: str, resolution: int = 512, batch: int = 1, iters: in
     torch.cuda.empty_cache()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    weight_mib = _state_bytes(unet) / 2**20
+    weight_mb = megabytes(tensor_bytes(unet))
     graphed = CudaGraphUNet(unet)
     timings = []
     for model in (unet, graphed):
@@ -122,8 +111,8 @@ def bench_variant(variant: str, resolution: int = 512, batch: int = 1, iters: in
         for _ in range(3):
             run()
         timings.append(_time_ms(run, iters))
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    return UNetResult(variant, timings[0], timings[1], weight_mib, peak, layers)
+    peak = torch.cuda.max_memory_allocated() / MB
+    return UNetResult(variant, timings[0], timings[1], weight_mb, peak, layers)
 
 
 def bench_unet(variants=("fp16", "fp16-cl", "w8a8", "w4a8"), resolution: int = 512, batch: int = 1,
@@ -144,13 +133,13 @@ def format_unet_results(results: list[UNetResult], resolution: int, batch: int) 
     lines = [f"SDXL UNet, {resolution}x{resolution}, batch {batch}, random weights; speed-up "
              f"and weight ratio against {base.variant if base else '-'} with CUDA graphs",
              f"{'variant':<8}{'eager ms':>10}{'graph ms':>10}{'speed-up':>10}"
-             f"{'weights MiB':>13}{'of fp16':>9}{'peak MiB':>10}  layers"]
+             f"{'weights MB':>13}{'of fp16':>9}{'peak MB':>10}  layers"]
     for r in results:
         speed = f"{base.graph_ms / r.graph_ms:.2f}x" if base else "-"
-        ratio = f"{100 * r.weight_mib / base.weight_mib:.0f}%" if base else "-"
+        ratio = f"{100 * r.weight_mb / base.weight_mb:.0f}%" if base else "-"
         layers = ", ".join(f"{k}: {v}" for k, v in sorted(r.layers.items())) or "-"
         lines.append(f"{r.variant:<8}{r.eager_ms:>10.2f}{r.graph_ms:>10.2f}{speed:>10}"
-                     f"{r.weight_mib:>13.0f}{ratio:>9}{r.peak_mib:>10.0f}  {layers}")
+                     f"{r.weight_mb:>13.0f}{ratio:>9}{r.peak_mb:>10.0f}  {layers}")
     return "\n".join(lines)
 
 
@@ -230,9 +219,9 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
             log(f"{variant}: build failed: {e}")
             _free(device)
             continue
-        built[variant] = (unet, layers, _state_bytes(unet) / 2**20)
+        built[variant] = (unet, layers, megabytes(tensor_bytes(unet)))
         log(f"{variant}: built in {time.time() - start:.0f} s, weights "
-            f"{built[variant][2]:.0f} MiB")
+            f"{built[variant][2]:.0f} MB")
     results = []
     for res, batch in settings:
         for variant in variants:
@@ -240,18 +229,18 @@ def bench_unet_matrix(variants=MATRIX_VARIANTS, settings=SETTINGS, iters: int = 
                 results.append(UNetResult(variant, None, None, None, None, {}, res, batch,
                                           note=failed[variant]))
                 continue
-            unet, layers, weight_mib = built[variant]
+            unet, layers, weight_mb = built[variant]
             if deadline is not None and time.time() > deadline:
-                results.append(UNetResult(variant, None, None, weight_mib, None, layers, res,
+                results.append(UNetResult(variant, None, None, weight_mb, None, layers, res,
                                           batch, note="skipped: time budget"))
                 continue
             try:
-                results.append(_measure_setting(unet, variant, layers, weight_mib, meta, res,
+                results.append(_measure_setting(unet, variant, layers, weight_mb, meta, res,
                                                 batch, iters, tune and bool(layers),
                                                 tune_backends, CudaGraphUNet, log, device,
                                                 dtype, tune_cache))
             except Exception as e:  # noqa: BLE001
-                results.append(UNetResult(variant, None, None, weight_mib, None, layers, res,
+                results.append(UNetResult(variant, None, None, weight_mb, None, layers, res,
                                           batch, note=f"failed: {type(e).__name__}: {e}"[:200]))
                 log(f"{variant} {res}px b{batch}: failed: {e}")
             _free(device)
@@ -268,7 +257,7 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-def _measure_setting(unet, variant, layers, weight_mib, meta, res, batch, iters, tune,
+def _measure_setting(unet, variant, layers, weight_mb, meta, res, batch, iters, tune,
                      tune_backends, graph_cls, log, device, dtype, tune_cache):
     torch.manual_seed(res + batch)
     inputs = unet_inputs(meta, res, batch, torch.device(device), dtype)
@@ -297,11 +286,11 @@ def _measure_setting(unet, variant, layers, weight_mib, meta, res, batch, iters,
         for _ in range(2):
             run()
         timings.append(timer(run, iters))
-    peak = ((torch.cuda.max_memory_allocated() - before) / 2**20 + weight_mib) if cuda else None
+    peak = ((torch.cuda.max_memory_allocated() - before) / MB + weight_mb) if cuda else None
     del graphed
     log(f"{variant} {res}px b{batch}: eager {timings[0]:.2f} ms, graph {timings[1]:.2f} ms, "
-        f"peak {_num(peak, 0)} MiB")
-    return UNetResult(variant, timings[0], timings[1], weight_mib, peak, layers, res, batch,
+        f"peak {_num(peak, 0)} MB")
+    return UNetResult(variant, timings[0], timings[1], weight_mb, peak, layers, res, batch,
                       backends)
 
 
@@ -317,29 +306,24 @@ def format_unet_matrix(results: list[UNetResult]) -> str:
         rows = [r for r in results if (r.resolution, r.batch) == (res, batch)]
         fp16 = [r for r in rows if r.variant.startswith("fp16") and r.graph_ms is not None]
         base = min(fp16, key=lambda r: r.graph_ms) if fp16 else None
-        wbase = next((r.weight_mib for r in rows if r.variant == "fp16" and r.weight_mib), None)
+        wbase = next((r.weight_mb for r in rows if r.variant == "fp16" and r.weight_mb), None)
         lines.append(f"\n## SDXL UNet {res}x{res}, batch {batch} (random weights; speed-up vs "
                      f"{base.variant if base else '-'} with CUDA graphs on both sides)")
         lines.append(f"{'variant':<9}{'eager ms':>10}{'graph ms':>10}{'speed-up':>10}"
-                     f"{'weights MiB':>13}{'of fp16':>9}{'peak MiB':>10}  backends / note")
+                     f"{'weights MB':>13}{'of fp16':>9}{'peak MB':>10}  backends / note")
         for r in rows:
             speed = (f"{base.graph_ms / r.graph_ms:.2f}x" if base and r.graph_ms else "-")
-            share = (f"{100 * r.weight_mib / wbase:.1f}%" if wbase and r.weight_mib else "-")
+            share = (f"{100 * r.weight_mb / wbase:.1f}%" if wbase and r.weight_mb else "-")
             info = ", ".join(f"{k}: {v}" for k, v in sorted(r.backends.items()))
             info = "; ".join(x for x in (info, r.note) if x) or "-"
             lines.append(f"{r.variant:<9}{_num(r.eager_ms):>10}{_num(r.graph_ms):>10}"
-                         f"{speed:>10}{_num(r.weight_mib, 0):>13}{share:>9}"
-                         f"{_num(r.peak_mib, 0):>10}  {info}")
+                         f"{speed:>10}{_num(r.weight_mb, 0):>13}{share:>9}"
+                         f"{_num(r.peak_mb, 0):>10}  {info}")
     return "\n".join(lines)
 
 
 def _cpu_time_ms(fn, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return median_ms(fn, iters, device="cpu")
 
 
 def _num(v, digits=2) -> str:

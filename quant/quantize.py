@@ -126,10 +126,9 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
             that differs between samples, or batches of a calibration folder recorded with
             another model (:meth:`quant.calib.CalibrationData.check_model`).
     """
-    from tqdm.auto import tqdm
-
     from .calib.ranges import calibrate_activations
     from .calib.store import check_calibration_model
+    from .utils.progress import progress as show_progress
 
     check_calibration_model(calibration, unet)
     prepare(unet, bit_map, bos=bos, weight_scale=weight_scale, conv1_split=conv1_split,
@@ -139,7 +138,8 @@ def quantize_unet(unet: nn.Module, bit_map: BitMap | str | Path, calibration: It
     timesteps: dict[int, float] = {}
     with torch.no_grad(), calibrate_activations(unet, momentum=momentum,
                                                 reduction=range_reduction) as cal:
-        for batch in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress):
+        for batch in show_progress(calibration, desc="calibrating", unit="batches",
+                                   enabled=progress):
             if "step" in batch:
                 cal.note_steps(batch["step"])
             if not timestep_ranges:

@@ -81,7 +81,7 @@ class QuantReport:
         ratio = self.bytes_after / self.bytes_before if self.bytes_before else float("nan")
         lines.append(f"{'total':<16} {self.layers:>7} {sum(r.params for r in self.rows):>14,} "
                      f"{self.bytes_before / 1e6:>10.2f} {self.bytes_after / 1e6:>10.2f}"
-                     f"  ({100 * ratio:.1f}% of fp16)")
+                     f"  ({100 * ratio:.1f}% of fp16; quantizable layers, MB = 10^6 bytes)")
         return "\n".join(lines)
 
 

@@ -89,9 +89,7 @@ class RunConfig:
         """Read a YAML/JSON run config, applying ``key.sub=value`` overrides (values in YAML)."""
         import yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise MixDQError(f"run config {path}: no such file")
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -156,6 +154,27 @@ class RunConfig:
                             "protect": v.protect} for v in self.variants]
         out["benchmark"] = None if self.benchmark is None else self.benchmark.to_dict()
         return out
+
+
+def presets() -> list[str]:
+    """The names of the run configs that ship with mixdq (``mixdq run --config NAME``)."""
+    from importlib import resources
+
+    return sorted(p.name[:-5] for p in resources.files("quant.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A run config file: ``path`` itself, or the bundled preset of that name (``tiny``)."""
+    from importlib import resources
+
+    if Path(path).is_file():
+        return Path(path)
+    name = Path(path).name.removesuffix(".yaml")
+    if str(path) in (name, f"{name}.yaml") and name in presets():
+        return Path(str(resources.files("quant.configs").joinpath(f"{name}.yaml")))
+    raise MixDQError(f"run config {path}: no such file and no such preset "
+                     f"(presets: {', '.join(presets())})")
 
 
 def _variant(data: Any, index: int, base_dir: Path) -> Variant:
@@ -281,6 +300,7 @@ class Stage:
     outputs: list[Path]
     record: dict
     call: Callable[[], Any]
+    section: str | None = None  # the run config key of its options (``--set SECTION.KEY=``)
 
     def finished(self) -> bool:
         record = self.folder / STAGE_RECORD
@@ -338,6 +358,7 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
     stages = [stage("calibrate", "calibrate", calib, [calib / "manifest.json"], model,
                     config.calibrate, lambda: calibrate(model, config.calibrate, calib),
                     out=calib)]
+    stages[0].section = "calibrate"
     sens_calib = calib
     if config.sensitivity_calib is not None:
         sens_calib = out / "calib-sensitivity"
@@ -345,12 +366,14 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
         stages.append(stage("calibrate (sensitivity)", "calibrate", sens_calib,
                             [sens_calib / "manifest.json"], model, options,
                             lambda: calibrate(model, options, sens_calib), out=sens_calib))
+        stages[-1].section = "sensitivity.calib"
     sens_csv = out / "sensitivity" / "sens.csv"
     if any(v.allocate is not None for v in config.variants):
         stages.append(stage("sensitivity", "sensitivity", sens_csv.parent, [sens_csv], model,
                             config.sensitivity,
                             lambda: sensitivity(model, config.sensitivity, sens_calib, sens_csv),
                             calib=sens_calib, out=sens_csv))
+        stages[-1].section = "sensitivity"
     quantized = {}
     for v in config.variants:
         folder = out / "variants" / v.name
@@ -380,6 +403,7 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
                             config.benchmark, _bind(benchmark, model, config.benchmark,
                                                     quantized, bench),
                             out=bench, quantized=quantized))
+        stages[-1].section = "benchmark"
     return _one_record_per_folder(stages)
 
 
@@ -396,6 +420,19 @@ def _one_record_per_folder(stages: list[Stage]) -> list[Stage]:
         if n:
             stage.folder = stage.folder / f".{stage.kind}"
     return stages
+
+
+def _in_run_terms(message: str, stage: Stage) -> str:
+    """A stage's error with its command-line flags (``--column``) named as run config
+    overrides (``--set calibrate.column=...``), the way a ``mixdq run`` user sets them."""
+    if stage.section is None:
+        return message
+    for key in stage.record["options"]:
+        flag = "--" + key.replace("_", "-")
+        message = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])(?: ([^\s(),;:]+))?",
+                         lambda m: f"--set {stage.section}.{key}={m.group(1) or '...'}",
+                         message)
+    return message
 
 
 def run(config: RunConfig, out: str | Path, log: Callable[[str], None] = print,
@@ -429,8 +466,8 @@ def run(config: RunConfig, out: str | Path, log: Callable[[str], None] = print,
         try:
             stage.call() if execute is None else execute(stage)
         except MixDQError as e:
-            raise MixDQError(f"stage {stage.name} failed: {e} (fix the cause and rerun: "
-                             f"finished stages are kept)") from None
+            raise MixDQError(f"stage {stage.name} failed: {_in_run_terms(str(e), stage)} (fix "
+                             f"the cause and rerun: finished stages are kept)") from None
         write_json(stage.folder / STAGE_RECORD, {"config": stage.record})
         done.append((stage.name, f"ran in {time.monotonic() - start:.1f} s"))
     return done

@@ -213,7 +213,7 @@ def test_readme_main_job_on_tiny(tmp_path):
     from quant.cli import main
 
     out = tmp_path / "tiny"
-    assert main(["run", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out)]) == 0
+    assert main(["run", "--config", "tiny", "--out", str(out)]) == 0
     report = json.loads((out / "benchmark" / "report.json").read_text())
     assert (out / "benchmark" / "grid.png").stat().st_size > 1000
     text = json.dumps(report)

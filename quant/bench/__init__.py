@@ -9,8 +9,8 @@ Main entry points:
   :func:`psnr_per_image`, :func:`ssim_per_image`.
 """
 
+from ..utils.distributed import Shard
 from .clipscore import CLIPFeatureAdapter, CLIPScorer, load_clip
-from .distributed import Shard, init_shard
 from .evaluate import MetricModels, evaluate_variants
 from .fid import FeatureStats, fid_from_stats, frechet_distance, load_inception
 from .generation import GenerationSettings, generate_images, image_path
@@ -20,7 +20,7 @@ from .timing import UNetPerf, capture_unet_inputs, measure_unet, weight_bytes
 from .variants import Variant, fp_variant, quantized_variant
 
 __all__ = [
-    "CLIPFeatureAdapter", "CLIPScorer", "load_clip", "Shard", "init_shard", "MetricModels",
+    "CLIPFeatureAdapter", "CLIPScorer", "load_clip", "Shard", "MetricModels",
     "evaluate_variants", "FeatureStats", "fid_from_stats", "frechet_distance", "load_inception",
     "GenerationSettings", "generate_images", "image_path", "ImageRewardModel", "psnr_per_image",
     "ssim_per_image", "BenchmarkConfig", "run_benchmark", "UNetPerf", "capture_unet_inputs",

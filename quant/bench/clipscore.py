@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import MixDQError
+from ..utils.quiet import quiet_libraries
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 NO_WEIGHTS_HINT = ("pass --clip PATH (a folder with a transformers CLIPModel and CLIPProcessor, "
@@ -84,7 +85,6 @@ def load_clip(path: str | None = None) -> tuple[CLIPFeatureAdapter, Any]:
             message names ``--clip`` and ``--no-clip``).
     """
     from transformers import CLIPModel, CLIPProcessor
-    from transformers.utils import logging as hf_logging
 
     if path == "tiny":
         from .tiny_nets import tiny_clip
@@ -101,16 +101,13 @@ def load_clip(path: str | None = None) -> tuple[CLIPFeatureAdapter, Any]:
         folder, flag = str(Path(path).expanduser()), f"--clip {path}"
         if not Path(folder).is_dir():
             raise MixDQError(f"{flag}: no such folder")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the fallback-to-PIL-processor notice is not news
     try:
-        model = CLIPModel.from_pretrained(folder, local_files_only=True)
-        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        with quiet_libraries():  # the fallback-to-PIL-processor notice is not news
+            model = CLIPModel.from_pretrained(folder, local_files_only=True)
+            processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MixDQError(f"{flag}: not a CLIP model and processor folder ({first})") from e
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return CLIPFeatureAdapter(model).eval(), processor
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import MixDQError
+from ..utils.progress import progress
 from .clipscore import CLIPScorer
 from .fid import FeatureStats, extract_features, fid_from_stats
 from .generation import image_path
@@ -131,7 +132,7 @@ def evaluate_variants(folders: dict[str, Path], reference: str, prompts: list[st
         stats = FeatureStats()
         psnr, ssim, rewards = [], [], []
         clip_metric = scorer.new_metric() if scorer else None
-        for b in _batches(n, batch_size):
+        for b in progress(_batches(n, batch_size), desc=f"scoring {name}", unit="batches"):
             images = load_images([image_path(folders[name], i) for i in b])
             if extractor is not None:
                 stats.update(extract_features(extractor, images, device))

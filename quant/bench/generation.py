@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import MixDQError
+from ..utils.distributed import Shard
 from ..utils.io import clean_stale_temps, file_digest, save_image, write_json
-from .distributed import Shard
 
 MANIFEST = "manifest.json"
 # Per-image records (size, sha256, generation seconds): ``images.json`` (``images.rankNNNNN.json``
@@ -210,9 +210,8 @@ def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str 
     Returns:
         How many images this call wrote.
     """
-    from tqdm.auto import tqdm
-
     from ..generate import generate
+    from ..utils.progress import progress
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -231,7 +230,7 @@ def generate_images(pipe_fn: Callable[[], Any], prompts: list[str], folder: str 
         return 0
     pipe = pipe_fn()
     written = 0
-    bar = tqdm(total=sum(len(b) for b in todo), desc=desc, unit="img", disable=None)
+    bar = progress(total=sum(len(b) for b in todo), desc=desc, unit="images")
     for batch in todo:
         # The whole batch is regenerated even if part of it is on disk, so the images come
         # from the same batched computation as in an uninterrupted run.

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.io import write_bytes, write_json, write_text
+from ..utils.sizes import UNIT, format_mb, percent_of
+from ..utils.timing import Spread
 
 FORMAT = "mixdq-benchmark"
 
@@ -45,8 +47,35 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def _mib(nbytes: int | None) -> str:
-    return "—" if nbytes is None else f"{nbytes / 2**20:.2f}"
+def _latency(perf: dict) -> str:
+    """``median (min–max, N×)`` ms, or the median alone for a report without the samples."""
+    times = perf.get("latency_ms_all")
+    if times:
+        return Spread.of(times).format()
+    return _cell(perf.get("latency_ms"), "{:.2f}")
+
+
+def fp16_baseline(report: dict) -> int | None:
+    """Bytes of the reference UNet's weights in fp16: what every size is compared with."""
+    for v in report["variants"]:
+        if v.get("reference") and v.get("perf"):
+            return v["perf"].get("fp16_weight_bytes")
+    return None
+
+
+def latency_warnings(perf: dict[str, dict | None]) -> list[str]:
+    """One line per variant whose timed calls disagree by more than the spread threshold."""
+    out = []
+    for name, p in perf.items():
+        if not p or not p.get("latency_ms_all"):
+            continue
+        spread = Spread.of(p["latency_ms_all"])
+        if spread.unsteady():
+            out.append(f"warning: {name}'s UNet latency varied {spread.ratio:.1f}x over "
+                       f"{spread.repeats} calls ({spread.min:.2f} to {spread.max:.2f} ms): the "
+                       f"machine was busy or its clock changed; rerun on an idle machine or "
+                       f"with more --latency-repeats before comparing latencies")
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -60,16 +89,23 @@ def markdown(report: dict) -> str:
         + (f", GPU {report['gpu']}" if report.get("gpu") else "") + ".", "",
     ]
     metric_cols = [c for c in COLUMNS if any(c[1] in v["metrics"] for v in report["variants"])]
+    baseline = fp16_baseline(report)
     head = (["variant"] + [c[0] for c in metric_cols]
-            + ["UNet latency (ms)", "peak memory (MiB)", "UNet weights (MiB)", "UNet runs on"])
+            + ["UNet latency (ms): median (min–max, calls)", f"peak memory ({UNIT})",
+               f"UNet weights ({UNIT})", "UNet weights (% of fp16)", "UNet runs on"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in report["variants"]:
         m, perf = v["metrics"], v.get("perf") or {}
         row = [v["name"] + (" (reference)" if v.get("reference") else "")]
         row += [_cell(m.get(key), fmt) for _, key, fmt in metric_cols]
-        row += [_cell(perf.get("latency_ms"), "{:.2f}"), _mib(perf.get("peak_memory_bytes")),
-                _mib(perf.get("weight_bytes")), perf.get("execution", "—")]
+        row += [_latency(perf), format_mb(perf.get("peak_memory_bytes")),
+                format_mb(perf.get("weight_bytes")),
+                percent_of(perf.get("weight_bytes"), baseline), perf.get("execution", "—")]
         lines.append("| " + " | ".join(row) + " |")
+    if baseline:
+        lines += ["", f"{UNIT} = 10^6 bytes. UNet weights as deployed (packed integers and "
+                  f"scales for quantized layers); % of the reference UNet's weights in fp16 "
+                  f"({format_mb(baseline)} {UNIT})."]
     notes = report.get("notes") or []
     if notes:
         lines += [""] + [f"- {n}" for n in notes]

@@ -10,12 +10,12 @@ from typing import Any, Callable
 import torch
 
 from ..errors import MixDQError
-from .distributed import Shard
+from ..utils.distributed import Shard
 from .evaluate import MetricModels, evaluate_variants
 from .generation import (GenerationSettings, generate_images, generation_seconds, image_path,
                          missing_images)
 from .metrics import list_images
-from .report import FORMAT, save_grid, versions, write_report
+from .report import FORMAT, latency_warnings, save_grid, versions, write_report
 from .timing import capture_unet_inputs, measure_unet
 from .variants import Variant, check_variants
 
@@ -165,6 +165,7 @@ def run_benchmark(variants: list[Variant], prompts: list[str], config: Benchmark
     notes = [f"FID, CLIPScore, PSNR and SSIM are computed from the PNGs in "
              f"{out / 'images'}; PSNR is capped at 100 dB (identical images)."]
     notes += models.notes
+    notes += latency_warnings(perf)
     if any(v.source.get("quantized") for v in variants) and config.latency:
         notes.append("Quantized UNets are timed as loaded: simulated (fake-quantized) layers "
                      "unless integer kernels are in use, so their latency is the simulation's.")

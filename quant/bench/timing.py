@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..utils.sizes import fp16_bytes, weight_bytes
+from ..utils.timing import time_calls
+
+__all__ = ["UNetInputCapture", "capture_unet_inputs", "UNetPerf", "measure_unet", "weight_bytes"]
 
 
 def _detach_tree(obj: Any) -> Any:
@@ -59,68 +63,6 @@ def capture_unet_inputs(pipe, prompt: str, *, resolution: int | None = None,
     return capture.args, capture.kwargs
 
 
-def _integer_form_nbytes(module: nn.Module) -> int:
-    """Bytes of a quantized layer as a checkpoint stores it: packed integer weight (or the float
-    weight where it stays float), float32 per-channel scales, bias in the layer's dtype, the
-    activation scales and zero points, and the precomputed BOS row."""
-    from ..packing import values_per_byte
-
-    form = module.integer_form()
-    item = module.weight.element_size()
-    if form.w_bits is not None:
-        out, k = form.qweight.shape
-        total = out * -(-k // values_per_byte(form.w_bits)) + 4 * form.wscale.numel()
-    else:
-        total = form.weight.numel() * item
-    if form.bias is not None:
-        total += form.bias.numel() * item
-    for extra in (form.act_scale, form.act_zero_point, form.bos_row):
-        if extra is not None:
-            total += extra.numel() * 4
-    return total
-
-
-def _module_nbytes(module: nn.Module) -> int | None:
-    """A module's deployable size if it knows it (``quantized_nbytes()``, or a quantized layer
-    with an integer form), else ``None``."""
-    hook = getattr(module, "quantized_nbytes", None)
-    if callable(hook):
-        return int(hook())
-    if getattr(module, "is_quantized_module", False) and callable(
-            getattr(module, "integer_form", None)):
-        return _integer_form_nbytes(module)
-    return None
-
-
-def weight_bytes(unet: nn.Module) -> int:
-    """Bytes of the UNet's weights as deployed.
-
-    Quantized layers count their packed integer weights plus scales (a module may say its own
-    size through a ``quantized_nbytes()`` method); everything else counts its parameters and
-    buffers as they are. Tensors shared between modules are counted once.
-    """
-    seen: set[int] = set()
-    total = 0
-
-    def visit(module: nn.Module) -> None:
-        nonlocal total
-        size = _module_nbytes(module)
-        if size is not None:
-            total += size
-            for t in list(module.parameters()) + list(module.buffers()):
-                seen.add(id(t))
-            return
-        for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-        for child in module.children():
-            visit(child)
-
-    visit(unet)
-    return total
-
-
 @dataclasses.dataclass
 class UNetPerf:
     """One variant's UNet performance.
@@ -132,8 +74,9 @@ class UNetPerf:
         peak_memory_bytes: CUDA ``max_memory_allocated`` over the timed calls (the whole
             pipeline resident), or ``None`` on CPU.
         memory_note: what ``peak_memory_bytes`` means, or why it is missing.
-        weight_bytes: :func:`weight_bytes` of the UNet.
+        weight_bytes: :func:`quant.utils.sizes.weight_bytes` of the UNet (as deployed).
         device: where it ran.
+        fp16_weight_bytes: the baseline sizes are compared with: the UNet's parameters as fp16.
     """
 
     latency_ms: float
@@ -143,6 +86,7 @@ class UNetPerf:
     memory_note: str
     weight_bytes: int
     device: str
+    fp16_weight_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -180,10 +124,9 @@ def measure_unet(pipe, args: tuple, kwargs: dict, *, repeats: int = 10, warmup: 
     """
     unet = pipe.unet
     device = next(unet.parameters()).device
-    times: list[float] = []
+    call = lambda: unet.forward(*args, **kwargs)  # noqa: E731
     if device.type == "cuda":
         timer = "cuda-events"
-        call = lambda: unet.forward(*args, **kwargs)  # noqa: E731
         for _ in range(warmup):
             call()
         if cuda_graphs:
@@ -194,24 +137,13 @@ def measure_unet(pipe, args: tuple, kwargs: dict, *, repeats: int = 10, warmup: 
                 timer = f"cuda-events (graph capture failed: {type(e).__name__})"
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+        times = time_calls(call, repeats, device=device)
         peak = int(torch.cuda.max_memory_allocated(device))
         note = "CUDA max_memory_allocated during the timed UNet calls (whole pipeline resident)"
     else:
         timer = "wall-clock"
-        for _ in range(warmup):
-            unet.forward(*args, **kwargs)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            unet.forward(*args, **kwargs)
-            times.append((time.perf_counter() - start) * 1000.0)
+        times = time_calls(call, repeats, warmup=warmup, device=device)
         peak, note = None, "n/a on CPU (no allocator statistics)"
     return UNetPerf(latency_ms=statistics.median(times), latency_ms_all=times, timer=timer,
                     peak_memory_bytes=peak, memory_note=note, weight_bytes=weight_bytes(unet),
-                    device=str(device))
+                    device=str(device), fp16_weight_bytes=fp16_bytes(unet))

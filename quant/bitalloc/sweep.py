@@ -32,7 +32,7 @@ def sweep(table: SensitivityTable, target: str, config: AllocConfig | None = Non
     Returns:
         One :class:`ProgramResult` per budget, from the smallest budget to the largest.
     """
-    from tqdm.auto import tqdm
+    from ..utils.progress import progress
 
     if points < 2:
         raise MixDQError(f"a sweep needs at least 2 points, got {points}")
@@ -41,7 +41,7 @@ def sweep(table: SensitivityTable, target: str, config: AllocConfig | None = Non
     table.check_candidates(target, config.candidates(target), config.content_metric)
     lo, hi, total = cost_range(table, target, config, protected)
     out = []
-    for i in tqdm(range(points), desc=f"sweep {target}", leave=False):
+    for i in progress(range(points), desc=f"sweep {target}", unit="budgets", leave=False):
         value = Fraction(lo * (points - 1) + (hi - lo) * i, (points - 1) * total)
         out.append(allocate_target(table, target, Budget(value, "bits"), config, protected))
     return out

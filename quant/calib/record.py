@@ -322,7 +322,7 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
     Raises:
         MixDQError: bad arguments, or ``out_dir`` holds a different run or something else.
     """
-    from tqdm.auto import tqdm
+    from ..utils.progress import progress as show_progress
 
     from ..generate import default_resolution, generate
 
@@ -337,8 +337,8 @@ def record_calibration(pipe, prompts: list[str], out_dir: str | Path, *, steps: 
     recorded = _recorded_files(out)
     todo = [b for b in batches if not _batch_done(out, *b, recorded)]
     done = len(prompts) - sum(stop - start for _, start, stop in todo)
-    with tqdm(total=len(prompts), initial=done, unit="prompt", desc="calibrate",
-              disable=not progress, dynamic_ncols=True) as bar, UNetRecorder(pipe.unet) as rec:
+    with show_progress(total=len(prompts), initial=done, unit="prompts", desc="calibrate",
+                       enabled=progress) as bar, UNetRecorder(pipe.unet) as rec:
         for index, start, stop in todo:
             rec.take()
             images = generate(pipe, prompts[start:stop], steps=steps, guidance=guidance,

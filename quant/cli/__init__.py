@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
-import warnings
 
 from ..errors import MixDQError
+from ..utils.quiet import quiet_libraries
 
 SUBCOMMANDS = ["calibrate", "sensitivity", "allocate", "quantize", "generate", "benchmark", "run"]
 
@@ -21,32 +20,24 @@ def build_parser() -> argparse.ArgumentParser:
         "text-to-image diffusion models (MixDQ).")
     parser.add_argument("--version", action="version", version=f"mixdq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.subcommands = {}
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
         p = module.register(sub)
         p.set_defaults(func=module.run)
+        parser.subcommands[name] = p
     return parser
-
-
-def _quiet_libraries() -> None:
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mixdq`` console command. Returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, not the top-level one (exits with status 2)
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        _quiet_libraries()
-        return int(args.func(args) or 0)
+        with quiet_libraries():
+            return int(args.func(args) or 0)
     except MixDQError as e:
         print(f"mixdq {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 
 from ..errors import MixDQError
-from .common import (add_coco_order_arg, add_method_args, add_model_args, model_spec,
-                     positive_int, stage_options)
+from .common import (add_coco_order_arg, add_execution_arg, add_generation_args, add_method_args,
+                     add_model_args, add_prompt_args, model_spec, positive_int, stage_options)
 
 
 def register(sub):
@@ -24,30 +24,20 @@ def register(sub):
     p.add_argument("--quantized", action="append", default=[], metavar="[NAME=]QUANT_DIR",
                    help="a folder written by `mixdq quantize` (repeat for several); NAME= sets "
                    "its column name (default: the folder's name)")
-    p.add_argument("--execution", choices=("auto", "kernels", "simulate"), default="auto",
-                   help="quantized UNets on the integer kernels (auto: when available) or in "
-                   "simulation")
+    add_execution_arg(p)
     p.add_argument("--prompts", metavar="SOURCE",
                    help="COCO caption .json, .csv/.tsv with a text column (e.g. COCO-30k), "
                         ".txt (one per line), hf:NAME[:SPLIT], or a folder saved with datasets")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="an inline prompt (repeatable), instead of --prompts")
-    p.add_argument("--num-prompts", type=positive_int, default=None,
-                   help="use the first N prompts (default: all)")
-    p.add_argument("--column", default="text", help="text column of a CSV/TSV or dataset")
-    p.add_argument("--split", default=None, help="dataset split (default train)")
+    add_prompt_args(p, "use N prompts (default: all)", default=None)
     p.add_argument("--real-images", metavar="DIR", help="real images for FID vs real")
     p.add_argument("--out", required=True, metavar="REPORT_DIR")
     g = p.add_argument_group("generation")
-    g.add_argument("--steps", type=positive_int, default=None,
-                   help="denoising steps (default: the model's usual)")
-    g.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the model's usual)")
-    g.add_argument("--negative-prompt", default="",
-                   help="unconditional prompt when --guidance > 1 (default empty)")
-    g.add_argument("--resolution", type=positive_int, default=None)
+    add_generation_args(g)
     g.add_argument("--seed", type=int, default=42, help="seed of prompt 0; prompt i: seed + i")
-    g.add_argument("--batch-size", type=positive_int, default=1)
+    g.add_argument("--batch-size", type=positive_int, default=1,
+                   help="prompts per pipeline call (default 1)")
     m = p.add_argument_group("metrics")
     m.add_argument("--inception", metavar="PATH",
                    help="local FID Inception weights (torch-fidelity's weights-inception-"
@@ -64,8 +54,11 @@ def register(sub):
     m.add_argument("--grid-rows", type=positive_int, default=8)
     t = p.add_argument_group("latency")
     t.add_argument("--no-latency", action="store_true")
-    t.add_argument("--latency-repeats", type=positive_int, default=10)
-    t.add_argument("--latency-warmup", type=int, default=3)
+    t.add_argument("--latency-repeats", type=positive_int, default=10,
+                   help="timed UNet calls; the report gives their median, min and max "
+                   "(default 10)")
+    t.add_argument("--latency-warmup", type=int, default=3,
+                   help="untimed UNet calls first (default 3)")
     t.add_argument("--cuda-graphs", action="store_true", help="time CUDA graph replays")
     add_method_args(p)
     add_coco_order_arg(p)

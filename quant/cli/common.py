@@ -20,7 +20,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="fp16 / bf16 / fp32 (default: fp16 on CUDA; always fp32 on CPU)")
     p.add_argument("--lora", default=None,
                    help="LoRA to fuse into the model first (file, folder or Hub id; needs peft)")
-    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--lora-scale", type=float, default=1.0,
+                   help="strength of the fused LoRA (default 1.0)")
     p.add_argument("--scheduler", default=None, metavar="CLASS",
                    help="diffusers scheduler class replacing the model's, e.g. LCMScheduler "
                    "(default: the model's, or the one its LoRA needs)")
@@ -50,6 +51,45 @@ def add_coco_order_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco-order", choices=("annotations", "images"), default=None,
                    help="COCO caption JSON: first caption per image, images in order of first "
                    "appearance in 'annotations' (the method's default) or of the 'images' list")
+
+
+def add_generation_args(p) -> None:
+    """``--steps``, ``--guidance``, ``--negative-prompt``, ``--resolution``: how every stage
+    that generates does it."""
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: the model's usual, e.g. 1 for SDXL-Turbo, "
+                   "4 for LCM-LoRA or SDXL-Lightning)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale; above 1 the batch is doubled "
+                   "(default: the model's usual)")
+    p.add_argument("--negative-prompt", default="",
+                   help="unconditional prompt when --guidance > 1 (default empty)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="image side in pixels (default: the model's native size)")
+
+
+def add_prompt_args(p: argparse.ArgumentParser, num_prompts_help: str, **num_prompts) -> None:
+    """The prompt-file options every stage that reads prompts shares."""
+    p.add_argument("--num-prompts", type=positive_int, help=num_prompts_help, **num_prompts)
+    p.add_argument("--column", default="text",
+                   help="text column of a CSV/TSV file or a dataset (default text)")
+    p.add_argument("--split", default=None, help="dataset split (default train)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="take a seeded random sample instead of the first N prompts (files "
+                   "whose first rows are unusual, e.g. PartiPrompts' single words)")
+    p.add_argument("--shuffle-seed", type=int, default=0, help="seed of --shuffle (default 0)")
+
+
+EXECUTIONS = ("auto", "kernels", "simulate")
+
+
+def add_execution_arg(p: argparse.ArgumentParser) -> None:
+    """``--execution``: how a quantized UNet runs (as ``quant.load_pipeline(execution=...)``)."""
+    p.add_argument("--execution", choices=EXECUTIONS, default="auto",
+                   type=lambda text: "simulate" if text == "simulation" else text,
+                   help="run quantized UNets on the integer kernels ('kernels': an error where "
+                   "they are unavailable), in simulation (same numbers, float arithmetic), or "
+                   "'auto': the kernels when available (default auto)")
 
 
 def model_spec(args):

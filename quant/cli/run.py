@@ -4,10 +4,14 @@ from __future__ import annotations
 
 
 def register(sub):
+    from ..run import presets
+
     p = sub.add_parser("run", help="calibrate -> sensitivity -> allocate -> quantize -> benchmark",
                        description="Run every stage of a config (configs/*.yaml), each in its own "
                        "subfolder of --out, skipping stages that are complete.")
-    p.add_argument("--config", required=True, help="run config (YAML), e.g. configs/tiny.yaml")
+    p.add_argument("--config", required=True, metavar="CONFIG",
+                   help="run config: a YAML file or a bundled preset name "
+                   f"({', '.join(presets())})")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set calibrate.num_prompts=64")

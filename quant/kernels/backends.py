@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import MixDQError
+from ..utils.timing import median_ms
 from .modules import (
     BACKENDS,
     TRITON_BACKENDS,
@@ -122,27 +121,10 @@ def default_timer(device: torch.device, reps: int = 10) -> Callable[[Callable, s
     """``(fn, backend) -> microseconds per call``: CUDA events (median of ``reps``), else a CPU
     clock."""
     def cuda_time(fn, backend=None):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(reps):
-            start, end = (torch.cuda.Event(enable_timing=True),
-                          torch.cuda.Event(enable_timing=True))
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3)
-        return statistics.median(times)
+        return 1e3 * median_ms(fn, reps, warmup=3, device=device)
 
     def cpu_time(fn, backend=None):
-        fn()
-        times = []
-        for _ in range(max(1, reps // 3)):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e6)
-        return statistics.median(times)
+        return 1e3 * median_ms(fn, max(1, reps // 3), warmup=1, device=device)
 
     return cuda_time if device.type == "cuda" else cpu_time
 

@@ -24,12 +24,12 @@ median of ``trials`` replays.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..utils.timing import median_ms
 from .layout import pack_int4, tap_sums, weight_sums
 from .shapes import GemmShape, distinct_shapes, sdxl_unet_meta
 
@@ -48,18 +48,9 @@ def cuda_time_us(fn: Callable[[], object], reps: int = 20, trials: int = 5) -> f
     with torch.cuda.graph(graph):
         for _ in range(reps):
             fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(trials):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / reps)
+    per_replay_ms = median_ms(graph.replay, trials, warmup=1, device="cuda")
     del graph
-    return statistics.median(times)
+    return per_replay_ms * 1000.0 / reps
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import MixDQError
 from ..precision import PrecisionGuard, default_device, resolve_dtype
+from ..utils.quiet import quiet_libraries
 
 DEFAULT_MODEL = "stabilityai/sdxl-turbo"
 
@@ -99,6 +100,11 @@ def load_fp_pipeline(model: str = DEFAULT_MODEL, device: str | torch.device | No
         The diffusers pipeline (``StableDiffusionXLPipeline``, ``StableDiffusionPipeline``...)
         on ``device`` with the progress bar disabled.
     """
+    with quiet_libraries():  # diffusers/transformers loading chatter is not the user's business
+        return _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale, scheduler)
+
+
+def _load_fp_pipeline(model, device, dtype, guard, lora, lora_scale, scheduler):
     from .families import detect, read_model_index
 
     device = torch.device(device) if device is not None else default_device()

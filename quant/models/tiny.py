@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..utils.io import atomic_path, clean_stale_temps
+from ..utils.quiet import quiet_libraries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +159,10 @@ def tiny_path(cfg: TinyConfig = TinyConfig(), cache_dir: str | os.PathLike | Non
         with _locked(root / ".tiny.lock"):
             clean_stale_temps(root, ".tiny-*.tmp")
             if not (path / "model_index.json").exists():
-                pipe = build_tiny_pipeline(cfg)
-                with atomic_path(path) as tmp:
-                    pipe.save_pretrained(tmp)
+                with quiet_libraries():
+                    pipe = build_tiny_pipeline(cfg)
+                    with atomic_path(path) as tmp:
+                        pipe.save_pretrained(tmp)
     return path
 
 

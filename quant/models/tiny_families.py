@@ -24,6 +24,7 @@ import torch
 
 from ..errors import MixDQError
 from ..utils.io import atomic_path
+from ..utils.quiet import quiet_libraries
 from .tiny import TinyConfig, _vae, build_tiny_pipeline, cache_root
 
 TINY_FAMILIES = ("tiny-sd15", "tiny-sd21", "tiny-sdxl")
@@ -119,7 +120,8 @@ def tiny_family_path(name: str, cache_dir: str | os.PathLike | None = None) -> P
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     path = root / f"{name}-{_fingerprint(name)}"
     if not (path / "model_index.json").exists():
-        pipe = build_tiny_family(name)
-        with atomic_path(path) as tmp:
-            pipe.save_pretrained(tmp)
+        with quiet_libraries():
+            pipe = build_tiny_family(name)
+            with atomic_path(path) as tmp:
+                pipe.save_pretrained(tmp)
     return path

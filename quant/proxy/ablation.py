@@ -177,7 +177,7 @@ class Stages:
 
 
 def _scores(result: dict, unet) -> dict:
-    from ..bench.timing import weight_bytes
+    from ..utils.sizes import weight_bytes
 
     keep = ("content_acc", "content_lo", "content_hi", "fid", "quality", "sharpness", "sqnr_db",
             "psnr_db", "ssim")

@@ -18,12 +18,12 @@ evaluations per layer of a default run.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import defaultdict
 
 import torch
 from torch import nn
 
+from ..utils.timing import time_calls
 from .groups import block_of, block_order
 from .replay import TOP_LEVEL, ReplayEngine, run_unet
 
@@ -140,13 +140,8 @@ class BenchResult:
 
 
 def _timed(fn, device) -> float:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    """Seconds of one call of ``fn`` (the shared timer: CUDA events on a GPU)."""
+    return time_calls(fn, 1, device=device)[0] / 1e3
 
 
 @torch.no_grad()

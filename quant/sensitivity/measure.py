@@ -18,6 +18,7 @@ from .config import SensitivityConfig
 from .decode import FirstStepOutputs, OneStepDecoder, can_decode_directly, regenerate
 from .metrics import SqnrMeter, SsimMeter, load_references, to_uint8_levels
 from .perturb import LayerSwitch, prepare_fp_base, prepare_quantized_base
+from .cost import MacCounter, rerun_macs
 from .replay import ReplayEngine
 from .results import Row
 
@@ -80,6 +81,7 @@ class Measurer:
                 self._decoder = OneStepDecoder(pipe, calib)
         self.baseline = self._baseline()
         self.unet_seconds = 0.0  # block-cached UNet evaluations (quantizing the layer included)
+        self.rerun_macs = 0  # Linear/Conv2d MACs the evaluations re-ran (batch 0's shapes)
         self.image_seconds = 0.0  # decoding / re-generating images and SSIM
         self.evaluations_done = 0
 
@@ -107,7 +109,10 @@ class Measurer:
     @torch.no_grad()
     def _baseline(self) -> Baseline:
         with self.engine.replaying(None):
-            self.engine.run(0)  # warm-up: first-call allocations are not an evaluation's cost
+            with MacCounter(self.pipe.unet) as counter:  # the warm-up counts the work
+                self.engine.run(0)  # warm-up: first-call allocations are not an evaluation's cost
+            self.layer_macs = counter.macs
+            self.full_macs = sum(counter.macs.values())
             start = self._clock()
             outputs = [self.engine.run(i) for i in range(len(self.batches))]
             full = self._clock() - start
@@ -160,6 +165,7 @@ class Measurer:
                     ssim = meter.value()
                 end = self._clock()
             self.unet_seconds += middle - start
+            self.rerun_macs += rerun_macs(self.layer_macs, self.engine.trace.replay_set(name))
             self.image_seconds += end - middle
             self.evaluations_done += 1
             rows.append(Row(name, group, target, bits, sqnr_db, ssim, sizes[target]))

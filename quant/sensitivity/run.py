@@ -26,9 +26,9 @@ from pathlib import Path
 from ..errors import MixDQError
 from ..models.spec import ModelSpec
 from ..utils.io import write_json, write_text
+from ..utils.distributed import Distributed
 from ..utils.records import first_difference
 from .config import SensitivityConfig
-from .dist import Distributed
 from .results import LayerLog, format_protect, protect_list, read_logs, write_csv
 
 FORMAT = "mixdq-sensitivity-run"
@@ -77,6 +77,8 @@ class RunSummary:
     protect: list[str]
     world: int
     merged: bool = False
+    rerun_macs: int = 0
+    full_macs: int = 0
 
     @property
     def seconds_per_evaluation(self) -> float | None:
@@ -87,10 +89,10 @@ class RunSummary:
         return self.unet_seconds / self.evaluations if self.evaluations else None
 
     @property
-    def speedup(self) -> float | None:
-        """A naive UNet evaluation (full forward over all batches) over a block-cached one."""
-        per = self.unet_seconds_per_evaluation
-        return self.full_forward_s / per if per and self.full_forward_s else None
+    def rerun_fraction(self) -> float | None:
+        """Linear/Conv2d MACs the block-cached evaluations re-ran, as a fraction of as many
+        full forwards (counted from layer shapes, so independent of machine load)."""
+        return self.rerun_macs / self.full_macs if self.full_macs else None
 
     def format(self) -> str:
         lines = [f"sensitivity: {self.layers} layers in {self.outputs.csv}; measured "
@@ -100,10 +102,10 @@ class RunSummary:
             lines.append(f"  {self.seconds:.1f} s, {self.seconds_per_evaluation:.3f} s per "
                          f"evaluation: UNet {self.unet_seconds_per_evaluation:.3f} s, images "
                          f"and SSIM {self.image_seconds / self.evaluations:.3f} s")
-            if self.speedup:
-                lines.append(f"  a full UNet forward over the calibration set takes "
-                             f"{self.full_forward_s:.3f} s: block caching is {self.speedup:.2f}x "
-                             f"faster per evaluation")
+            if self.rerun_fraction:
+                lines.append(f"  block caching re-runs {100 * self.rerun_fraction:.1f}% of a "
+                             f"full forward's Linear/Conv2d multiply-accumulates per evaluation "
+                             f"({1 / self.rerun_fraction:.2f}x fewer; counted from layer shapes)")
         if self.baseline:
             b = self.baseline
             line = f"  baseline (nothing quantized) vs recorded outputs: {b['sqnr_db']:.1f} dB"
@@ -216,11 +218,11 @@ def run_sensitivity(model: ModelSpec | str, calib_dir: str | Path, out: str | Pa
 
 def _measure(pipe, calib, config, mine, log, quantized_base, dist, dtype, progress) -> dict:
     stats = {"layers": len(mine), "evaluations": 0, "seconds": 0.0, "unet_seconds": 0.0,
-             "image_seconds": 0.0, "full_forward_s": None, "baseline": None}
+             "image_seconds": 0.0, "full_forward_s": None, "baseline": None, "rerun_macs": 0,
+             "full_macs": 0}
     if not mine:
         return stats
-    from tqdm.auto import tqdm
-
+    from ..utils.progress import progress as show_progress
     from .measure import Measurer
 
     measurer = Measurer(pipe, calib, config, mine, quantized_base=quantized_base,
@@ -228,8 +230,8 @@ def _measure(pipe, calib, config, mine, log, quantized_base, dist, dtype, progre
     stats["baseline"] = dataclasses.asdict(measurer.baseline)
     stats["full_forward_s"] = measurer.baseline.full_forward_s
     total = sum(measurer.evaluations(n) for n in mine)
-    with tqdm(total=total, unit="eval", desc=f"sensitivity[{dist.rank}]", dynamic_ncols=True,
-              disable=not (progress and dist.main)) as bar:
+    with show_progress(total=total, unit="evaluations", desc=f"sensitivity[{dist.rank}]",
+                       enabled=progress and dist.main) as bar:
         for name in mine:
             start = time.perf_counter()
             rows = measurer.measure(name, on_evaluation=lambda: bar.update(1))
@@ -238,6 +240,8 @@ def _measure(pipe, calib, config, mine, log, quantized_base, dist, dtype, progre
             log.append(name, rows)
     stats["unet_seconds"] = measurer.unet_seconds
     stats["image_seconds"] = measurer.image_seconds
+    stats["rerun_macs"] = measurer.rerun_macs
+    stats["full_macs"] = measurer.full_macs * stats["evaluations"]
     return stats
 
 
@@ -252,7 +256,8 @@ def _summary(outputs, names, gathered, protect, world, merged) -> RunSummary:
         image_seconds=sum(s["image_seconds"] for s in gathered),
         full_forward_s=sum(full) / len(full) if full else None,
         baseline=measured[0]["baseline"] if measured else None, protect=protect, world=world,
-        merged=merged)
+        merged=merged, rerun_macs=sum(s.get("rerun_macs", 0) for s in gathered),
+        full_macs=sum(s.get("full_macs", 0) for s in gathered))
 
 
 def _merge(outputs: Outputs, names, config, gathered, world) -> RunSummary:
@@ -275,7 +280,8 @@ def _merge(outputs: Outputs, names, config, gathered, world) -> RunSummary:
         "evaluations": summary.evaluations, "seconds": summary.seconds,
         "unet_seconds": summary.unet_seconds, "image_seconds": summary.image_seconds,
         "seconds_per_evaluation": summary.seconds_per_evaluation,
-        "full_forward_s": summary.full_forward_s, "speedup": summary.speedup,
+        "full_forward_s": summary.full_forward_s, "rerun_macs": summary.rerun_macs,
+        "full_macs": summary.full_macs, "rerun_fraction": summary.rerun_fraction,
         "baseline": _finite(summary.baseline), "protect": protect, "world": world})
     return summary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -30,6 +31,8 @@ class BenchmarkOptions(Options):
     num_prompts: int | None = None
     column: str = "text"
     split: str | None = None
+    shuffle: bool = False
+    shuffle_seed: int = 0
     real_images: str | None = None
     execution: str = "auto"
     steps: int | None = None
@@ -75,9 +78,13 @@ class BenchmarkOptions(Options):
 
         if self.prompt:
             prompts = select_prompts(list(self.prompt), self.num_prompts, "--prompt")
+            if self.shuffle:  # a seeded sample of the whole list, as read_prompts does
+                prompts = random.Random(self.shuffle_seed).sample(list(self.prompt),
+                                                                  len(prompts))
             return prompts, f"{len(prompts)} prompts from --prompt"
         prompt_set = read_prompts(self.prompts, num_prompts=self.num_prompts,
-                                  column=self.column, split=self.split,
+                                  column=self.column, shuffle=self.shuffle,
+                                  seed=self.shuffle_seed, split=self.split,
                                   coco_order=self.coco_order)
         return prompt_set.prompts, prompt_set.summary()
 
@@ -117,30 +124,25 @@ def benchmark(model: ModelSpec, options: BenchmarkOptions,
     Returns:
         The report, or ``None`` on torchrun ranks other than 0.
     """
-    from ..bench import fp_variant, init_shard, quantized_variant, run_benchmark
+    from ..bench import fp_variant, quantized_variant, run_benchmark
     from ..bench.report import markdown
+    from ..utils.distributed import Distributed
 
     pairs = list(quantized.items()) if isinstance(quantized, Mapping) else list(quantized)
     prompts, source = options.read_prompts()
-    shard = init_shard()
-    device = model.device
-    if shard.world_size > 1 and device is None:
-        import torch
-
-        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
     usual = (options.steps, options.guidance)
     if None in usual:
         usual = model.usual_settings()
     config = options.bench_config(out, model.device, usual)
-    lora = dict(lora=model.lora, lora_scale=model.lora_scale, scheduler=model.scheduler)
-    variants = [fp_variant(model.model, device, model.dtype, **lora)]
-    for name, folder in pairs:
-        variants.append(quantized_variant(model.model, folder, device, model.dtype, name=name,
-                                          execution=options.execution, **lora))
-    try:
-        report = run_benchmark(variants, prompts, config, shard=shard, prompts_source=source)
-    finally:
-        shard.close()
+    with Distributed(model.device) as dist:  # under torchrun: this rank's GPU, its share
+        device = str(dist.device)
+        lora = dict(lora=model.lora, lora_scale=model.lora_scale, scheduler=model.scheduler)
+        variants = [fp_variant(model.model, device, model.dtype, **lora)]
+        for name, folder in pairs:
+            variants.append(quantized_variant(model.model, folder, device, model.dtype,
+                                              name=name, execution=options.execution, **lora))
+        report = run_benchmark(variants, prompts, config, shard=dist.place,
+                               prompts_source=source)
     if report is not None:
         log(markdown(report).rstrip("\n"))
         log(f"wrote {out}/report.json, report.md, grid.png")

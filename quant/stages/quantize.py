@@ -104,6 +104,7 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
     from ..quantize import quantize_unet
     from ..report import quantization_report
     from ..structure import quantizable_layers
+    from ..utils.sizes import UNIT, format_mb, fp16_bytes, percent_of, weight_bytes
 
     data = CalibrationData(calib)
     bit_map = BitMap.load(options.bit_map) if options.bit_map else None
@@ -113,6 +114,7 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
             f"nothing to do")
         return Path(out)
     unet = model.load().unet
+    baseline = fp16_bytes(unet)  # before quantization: the UNet's own parameters as fp16
     if bit_map is None:
         bit_map = BitMap.uniform(quantizable_layers(unet), options.w_bits, options.a_bits)
 
@@ -136,6 +138,9 @@ def quantize(model: ModelSpec, options: QuantizeOptions, calib: str | Path, out:
         meta["sqnr_db_per_step"] = [round(v, 4) for v in per_step]
     path = save_quantized(unet, out, base_model=model.model, metadata=meta)
     log(quantization_report(unet).format())
+    deployed = weight_bytes(unet)
+    log(f"UNet weights as deployed: {format_mb(deployed)} {UNIT} "
+        f"({percent_of(deployed, baseline)} of its {format_mb(baseline)} {UNIT} in fp16)")
     log(f"UNet output SQNR vs full precision on the calibration set: {sqnr:.2f} dB "
         f"(activation ranges: {reduction}"
         f"{', one per step' if options.timestep_ranges and data.steps > 1 else ''})")

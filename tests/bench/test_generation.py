@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from quant.bench.distributed import Shard
+from quant.utils.distributed import Shard
 from quant.bench.generation import (GenerationSettings, generate_images, image_path,
                                     missing_images, select_prompts, shard_batches)
 from quant.errors import MixDQError

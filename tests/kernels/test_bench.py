@@ -97,7 +97,7 @@ def test_unet_matrix_dry_run_on_cpu(tiny_dir, tmp_path, monkeypatch):
     assert [(r.variant, r.resolution, r.batch) for r in rows] == [
         (v, r, b) for r, b in ((64, 1), (128, 2)) for v in ("fp16", "w8a8", "w4a8", "mixed")]
     assert all(r.note == "" and r.graph_ms > 0 for r in rows), [r.note for r in rows]
-    weights = {r.variant: r.weight_mib for r in rows}
+    weights = {r.variant: r.weight_mb for r in rows}
     assert weights["w4a8"] < weights["mixed"] < weights["w8a8"] < weights["fp16"]
     for r in rows:
         if r.variant != "fp16":

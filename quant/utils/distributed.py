@@ -1,11 +1,14 @@
-"""Sharding layers over processes started by ``torchrun`` (gloo on CPU, nccl on CUDA).
+"""The one torchrun helper: sharding work over processes (gloo on CPU, nccl on CUDA).
 
-Outside ``torchrun`` everything here is a single-process no-op, so the same code path serves
-both: a run with one process is a run with ``world == 1``.
+torchrun passes rank and world size to its workers through the environment (its documented
+protocol); they are read here and nowhere else. Outside ``torchrun`` everything here is a
+single-process no-op, so the same code path serves both: a run with one process is a run with
+``world == 1``. The sensitivity stage shards layers with it, the benchmark shards generation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import inspect
 import os
@@ -18,6 +21,28 @@ from ..errors import MixDQError
 # Ranks wait for each other only at the start and at the end; the slowest rank's share of an
 # SDXL run can take hours, so the default collective timeout (10-30 min) is far too short.
 TIMEOUT = datetime.timedelta(hours=48)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """A place among the workers: rank ``rank`` of ``world_size`` (what sharding code needs)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self):
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"bad shard: rank {self.rank} of {self.world_size}")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait until every worker got here (a no-op in a single process)."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
 
 class Distributed:
@@ -40,6 +65,7 @@ class Distributed:
         self.rank = int(os.environ.get("RANK", 0)) if self.launched else 0
         self.world = int(os.environ.get("WORLD_SIZE", 1)) if self.launched else 1
         local = int(os.environ.get("LOCAL_RANK", 0)) if self.launched else 0
+        self.local_rank = local
         device = torch.device(device) if device is not None else default_device()
         if device.type == "cuda" and self.launched:
             if local >= torch.cuda.device_count():
@@ -70,6 +96,11 @@ class Distributed:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
         self._owns_group = False
+
+    @property
+    def place(self) -> Shard:
+        """This process's :class:`Shard`."""
+        return Shard(self.rank, self.world, self.local_rank)
 
     @property
     def main(self) -> bool:
