@@ -70,7 +70,8 @@ def add_generation_args(p) -> None:
 
 def add_prompt_args(p: argparse.ArgumentParser, num_prompts_help: str, **num_prompts) -> None:
     """The prompt-file options every stage that reads prompts shares."""
-    p.add_argument("--num-prompts", type=positive_int, help=num_prompts_help, **num_prompts)
+    # a plain int: the stage's options refuse 0 in one line naming the setting
+    p.add_argument("--num-prompts", type=int, help=num_prompts_help, **num_prompts)
     p.add_argument("--column", default="text",
                    help="text column of a CSV/TSV file or a dataset (default text)")
     p.add_argument("--split", default=None, help="dataset split (default train)")
