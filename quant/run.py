@@ -383,8 +383,8 @@ def plan(config: RunConfig, out: str | Path) -> list[Stage]:
             aoptions = v.allocate
             if v.protect:
                 aoptions = aoptions.replace(protect=str(sens_csv.with_suffix(".protect.txt")))
-            # the measured pick generates images: the model and the sensitivity's calibration
-            pick = {"calib": sens_calib} if aoptions.measured_pick else {}
+            # the measured pick generates images of the main calibration's first prompts
+            pick = {"calib": calib} if aoptions.measured_pick else {}
             # the model is known: the table must also cover every layer quantize will need
             stages.append(stage(f"allocate {v.name}", "allocate", folder, [bitmap],
                                 model if pick else None, aoptions,

@@ -93,7 +93,7 @@ def test_ablation_end_to_end(tmp_path):
         assert rows[name]["weight_mb"] < rows["fp"]["weight_mb"]
     # one-step epsilon amplifies 4-bit errors on the noise path: uniform W4A8 loses the content
     # that mixed precision at the same bytes keeps (it protects that path)
-    assert rows["uniform-w4a8"]["content_acc"] < 0.5 < rows["mixdq-w4a8"]["content_acc"]
+    assert rows["uniform-w4a8"]["content_acc"] + 0.1 < rows["mixdq-w4a8"]["content_acc"]
     assert rows["mixdq-w8a8"]["content_acc"] >= 0.85
     assert rows["uniform-w4a8"]["weight_mb"] < rows["naive-w8a8"]["weight_mb"] / 1.7
     assert json.loads((tmp_path / "ablation.json").read_text())["variants"].keys() == rows.keys()
